@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the few system tools the tests drive (curl, ip) when missing.
+set -euo pipefail
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing system tools: ${need[*]} (install them, or run as root)" >&2
+  fi
+fi
