@@ -1,0 +1,90 @@
+"""The control plane's admin HTTP API: what every Envoy was sent, ACKed and NACKed,
+the published snapshot, and each backend endpoint's health. Bind it to loopback."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from control_plane.app import ControlPlane
+from control_plane.snapshot import PUSH_ORDER, SHORT_NAMES
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(data, indent=2, default=str), status=status,
+        content_type="application/json",
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                   "code": status}},
+        status,
+    )
+
+
+def make_admin_app(cp: ControlPlane) -> web.Application:
+    async def status(_: web.Request) -> web.Response:
+        return _json(cp.status())
+
+    async def snapshot(_: web.Request) -> web.Response:
+        snap = cp.cache.snapshot
+        if snap is None:
+            return _error(503, "no snapshot published yet")
+        return _json({
+            SHORT_NAMES[t]: {
+                "version": snap.version(t),
+                "resources": [
+                    json_format.MessageToDict(m, preserving_proto_field_name=True)
+                    for m in snap.select(t, [])
+                ],
+            }
+            for t in PUSH_ORDER
+        })
+
+    async def backends(_: web.Request) -> web.Response:
+        probes = cp.probe_snapshot()
+        return _json([
+            {
+                "endpoint": e.key, "backend_url": e.backend_url, "models": list(e.models),
+                "health": e.health.value, "draining": e.draining,
+                "probe": probes.get(e.key),
+            }
+            for e in cp.endpoints()
+        ])
+
+    async def drain(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if not cp.drain(key):
+            return _error(404, f"no endpoint {key!r}")
+        return _json({"endpoint": key, "draining": True})
+
+    async def undrain(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if not cp.undrain(key):
+            return _error(404, f"endpoint {key!r} is not draining")
+        return _json({"endpoint": key, "draining": False})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/snapshot", snapshot)
+    app.router.add_get("/backends", backends)
+    app.router.add_post("/backends/{key}/drain", drain)
+    app.router.add_post("/backends/{key}/undrain", undrain)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def start_admin(cp: ControlPlane, address: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_admin_app(cp), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address, port).start()
+    return runner

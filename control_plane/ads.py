@@ -1,0 +1,156 @@
+"""The ADS gRPC server (state of the world) on grpc.aio: one coroutine pair per Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from control_plane.cache import SnapshotCache
+from control_plane.stream_state import Response, StreamState
+
+log = logging.getLogger("control_plane.ads")
+
+
+def _to_proto(r: Response) -> discovery_pb2.DiscoveryResponse:
+    resp = discovery_pb2.DiscoveryResponse(
+        version_info=r.version, nonce=r.nonce, type_url=r.type_url
+    )
+    for msg in r.resources:
+        resp.resources.add().Pack(msg)
+    return resp
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """Serves the cache's snapshot to every connected Envoy."""
+
+    def __init__(self, cache: SnapshotCache) -> None:
+        self.cache = cache
+        self.streams: dict[int, StreamState] = {}
+        self.ack_event = asyncio.Event()
+
+    async def StreamAggregatedResources(  # noqa: N802 (gRPC's name)
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        stream = StreamState(peer=context.peer())
+        self.streams[stream.id] = stream
+        outbox: asyncio.Queue[Response | None] = asyncio.Queue()
+        changed = self.cache.subscribe()
+        reader = asyncio.create_task(self._read(stream, request_iterator, outbox))
+        watcher = asyncio.create_task(self._watch(stream, changed, outbox))
+        log.info("ADS stream %d opened from %s", stream.id, stream.peer)
+        try:
+            while True:
+                item = await outbox.get()
+                if item is None:
+                    break
+                yield _to_proto(item)
+        finally:
+            reader.cancel()
+            watcher.cancel()
+            self.cache.unsubscribe(changed)
+            self.streams.pop(stream.id, None)
+            log.info("ADS stream %d (%s) closed", stream.id, stream.node_id)
+
+    async def _read(
+        self,
+        stream: StreamState,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        outbox: asyncio.Queue[Response | None],
+    ) -> None:
+        try:
+            async for req in requests:
+                error = req.error_detail.message if req.HasField("error_detail") else None
+                if error is not None:
+                    log.warning(
+                        "NACK from %s for %s nonce %s: %s",
+                        stream.node_id, req.type_url, req.response_nonce, error,
+                    )
+                version = ""
+                if req.HasField("node") and req.node.HasField("user_agent_build_version"):
+                    v = req.node.user_agent_build_version.version
+                    version = f"{v.major_number}.{v.minor_number}.{v.patch}"
+                resp = stream.on_request(
+                    self.cache.snapshot,
+                    req.type_url,
+                    req.version_info,
+                    req.response_nonce,
+                    list(req.resource_names),
+                    error,
+                    node_id=req.node.id if req.HasField("node") else "",
+                    node_cluster=req.node.cluster if req.HasField("node") else "",
+                    envoy_version=version,
+                )
+                if req.response_nonce:
+                    self.ack_event.set()
+                    self.ack_event = asyncio.Event()
+                if resp is not None:
+                    outbox.put_nowait(resp)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a broken stream ends; Envoy reconnects
+            log.info("ADS stream %d read ended: %r", stream.id, e)
+        finally:
+            outbox.put_nowait(None)
+
+    async def _watch(
+        self,
+        stream: StreamState,
+        changed: asyncio.Event,
+        outbox: asyncio.Queue[Response | None],
+    ) -> None:
+        while True:
+            await changed.wait()
+            changed.clear()
+            snap = self.cache.snapshot
+            if snap is None:
+                continue
+            for resp in stream.on_snapshot(snap):
+                outbox.put_nowait(resp)
+
+    async def wait_acked(self, type_url: str, version: str, timeout: float) -> bool:
+        """Until every stream subscribed to `type_url` has ACKed `version`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            pending = [
+                s for s in self.streams.values()
+                if type_url in s.types and s.types[type_url].subscribed
+                and s.types[type_url].acked_version != version
+            ]
+            if not pending:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            ev = self.ack_event
+            try:
+                await asyncio.wait_for(ev.wait(), remaining)
+            except TimeoutError:
+                return False
+
+
+async def serve(cache: SnapshotCache, address: str, port: int) -> tuple[grpc.aio.Server, AdsServer]:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+    )
+    ads = AdsServer(cache)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    bound = server.add_insecure_port(f"{address}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for xDS on {address}:{port}")
+    await server.start()
+    return server, ads

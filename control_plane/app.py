@@ -1,0 +1,187 @@
+"""The control plane's wiring: config + discovery + health -> snapshot -> ADS.
+
+Holds the only mutable state (addresses, health, draining) and rebuilds the
+snapshot from it through the pure layers below on every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from control_plane import ads
+from control_plane.cache import SnapshotCache
+from control_plane.config import GatewayConfig
+from control_plane.discovery import is_ip, resolve
+from control_plane.model import EndpointHealth, GatewayModel, build_model, endpoint_key
+from control_plane.resources import build_snapshot, load_lua_template
+from control_plane.snapshot import ROUTE, merge_for_removal
+
+log = logging.getLogger("control_plane")
+
+RESOLVE_INTERVAL_S = 30.0
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    key: str
+    backend_url: str
+    models: tuple[str, ...]
+    health: EndpointHealth
+    draining: bool
+
+
+class ControlPlane:
+    def __init__(self, config: GatewayConfig, lua_template: str | None = None) -> None:
+        self.config = config
+        self.lua_template = lua_template or load_lua_template()
+        self.cache = SnapshotCache()
+        self.resolved: dict[str, tuple[str, ...]] = {}
+        self.health: dict[str, EndpointHealth] = {}
+        self.draining: set[str] = set()
+        self.model: GatewayModel | None = None
+        self.health_changed_at: dict[str, float] = {}
+        self.ads: ads.AdsServer | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.health_monitor: Any = None
+
+    # ------------------------------------------------------------ state -> snapshot
+
+    def effective_health(self) -> dict[str, EndpointHealth]:
+        out = dict(self.health)
+        for key in self.draining:
+            out[key] = EndpointHealth.DRAINING
+        return out
+
+    def rebuild(self) -> bool:
+        """Recompute and publish; a snapshot whose references do not close is refused."""
+        model = build_model(self.config, self.resolved, self.effective_health())
+        snap = build_snapshot(model, self.lua_template)
+        ok = self.cache.set(snap)
+        if ok:
+            self.model = model
+        else:
+            log.error("snapshot refused, serving the last good one: %s", self.cache.last_refusal)
+        return ok
+
+    async def publish_with_removal(self, new_model: GatewayModel) -> bool:
+        """Rule 9: stop routing to removed clusters before removing them."""
+        new = build_snapshot(new_model, self.lua_template)
+        old = self.cache.snapshot
+        if old is not None and self.ads is not None:
+            first = merge_for_removal(old, new)
+            if first is not None and self.cache.set(first):
+                await self.ads.wait_acked(ROUTE, first.version(ROUTE), timeout=10.0)
+        ok = self.cache.set(new)
+        if ok:
+            self.model = new_model
+        return ok
+
+    def endpoints(self) -> list[EndpointView]:
+        health = self.effective_health()
+        out = []
+        for b in self.config.backends:
+            for address in self.resolved.get(b.url, ()):
+                key = endpoint_key(address, b.port)
+                default = EndpointHealth.UNKNOWN if b.health.enabled else EndpointHealth.HEALTHY
+                h = health.get(key, default)
+                if not b.health.enabled and h is not EndpointHealth.DRAINING:
+                    h = EndpointHealth.HEALTHY
+                out.append(EndpointView(key, b.url, b.models, h, key in self.draining))
+        return out
+
+    # ------------------------------------------------------------ inputs
+
+    def set_health(self, key: str, health: EndpointHealth) -> None:
+        if self.health.get(key) == health:
+            return
+        self.health[key] = health
+        self.health_changed_at[key] = time.time()
+        self.rebuild()
+
+    def drain(self, key: str) -> bool:
+        """DRAINING: no new requests; in-flight ones, streams included, finish."""
+        if key not in {e.key for e in self.endpoints()}:
+            return False
+        self.draining.add(key)
+        self.rebuild()
+        return True
+
+    def undrain(self, key: str) -> bool:
+        if key not in self.draining:
+            return False
+        self.draining.discard(key)
+        self.rebuild()
+        return True
+
+    async def resolve_all(self) -> bool:
+        changed = False
+        for b in self.config.backends:
+            try:
+                addrs = await resolve(b.host, b.port)
+            except OSError as e:
+                log.warning("cannot resolve %s: %s (keeping %s)", b.host, e,
+                            self.resolved.get(b.url, ()))
+                continue
+            if self.resolved.get(b.url) != addrs:
+                self.resolved[b.url] = addrs
+                changed = True
+        return changed
+
+    async def _resolve_loop(self) -> None:
+        if all(is_ip(b.host) for b in self.config.backends):
+            return
+        while True:
+            await asyncio.sleep(RESOLVE_INTERVAL_S)
+            if await self.resolve_all():
+                self.rebuild()
+                await self._on_endpoints_changed()
+
+    async def _on_endpoints_changed(self) -> None:
+        """Hook for the health monitor: new endpoint set, new probe targets."""
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.resolve_all()
+        if not self.rebuild():
+            raise RuntimeError(f"initial snapshot refused: {self.cache.last_refusal}")
+        self._grpc, self.ads = await ads.serve(
+            self.cache, self.config.xds.address, self.config.xds.port
+        )
+        await self._on_endpoints_changed()
+        self._tasks.append(asyncio.create_task(self._resolve_loop()))
+        log.info(
+            "xDS (ADS) on %s:%d; models: %s",
+            self.config.xds.address, self.config.xds.port, ", ".join(self.config.models),
+        )
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+
+    def probe_snapshot(self) -> dict[str, Any]:
+        """The health monitor's per-endpoint probe state, for the admin API."""
+        if self.health_monitor is None:
+            return {}
+        return {k: v.to_dict() for k, v in self.health_monitor.snapshot().items()}
+
+    def status(self) -> dict[str, Any]:
+        snap = self.cache.snapshot
+        return {
+            "versions": snap.versions() if snap else {},
+            "snapshot_updated_at": self.cache.updated_at,
+            "last_refusal": None if self.cache.last_refusal is None else {
+                "at": self.cache.last_refusal.at, "errors": list(self.cache.last_refusal.errors),
+            },
+            "proxies": [s.to_dict(snap) for s in (self.ads.streams.values() if self.ads else [])],
+        }

@@ -1,0 +1,85 @@
+"""Envoy's bootstrap, derived from the same config: only the way to the control plane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from control_plane.config import GatewayConfig
+
+XDS_CLUSTER = "xds_cluster"
+
+
+def build_bootstrap(config: GatewayConfig, node_id: str | None = None) -> dict[str, Any]:
+    """Static part of Envoy's config (pure): admin, node, and the ADS cluster."""
+    ads = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "15s"}
+    return {
+        "node": {"id": node_id or config.node_id, "cluster": "whisper-gateway"},
+        "admin": {
+            "address": {
+                "socket_address": {
+                    "address": config.envoy_admin.address,
+                    "port_value": config.envoy_admin.port,
+                }
+            }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/"
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    "connection_keepalive": {"interval": "10s", "timeout": "5s"}
+                                }
+                            },
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": config.xds.address,
+                                                    "port_value": config.xds.port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {
+                        # Upstream connections are not counted against overload limits here.
+                        "overload": {"global_downstream_max_connections": 50000},
+                    },
+                }
+            ]
+        },
+    }

@@ -1,0 +1,141 @@
+"""A snapshot: the full set of xDS resources, versioned per type by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from google.protobuf import message
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+# Rule 9: within one push, clusters and endpoints go before what refers to them.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
+# Rule 8: CDS and LDS are full state; EDS and RDS answer the names requested.
+NAMED_TYPES = frozenset({ENDPOINT, ROUTE})
+
+
+def resource_name(msg: message.Message) -> str:
+    name = getattr(msg, "cluster_name", "") or getattr(msg, "name", "")
+    return str(name)
+
+
+def content_version(items: Mapping[str, message.Message]) -> str:
+    """Same content, same version: an unchanged type is never re-sent."""
+    h = hashlib.sha256()
+    for name in sorted(items):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(items[name].SerializeToString(deterministic=True))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TypeResources:
+    version: str
+    items: Mapping[str, message.Message]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    types: Mapping[str, TypeResources] = field(default_factory=dict)
+
+    def version(self, type_url: str) -> str:
+        t = self.types.get(type_url)
+        return t.version if t else ""
+
+    def items(self, type_url: str) -> Mapping[str, message.Message]:
+        t = self.types.get(type_url)
+        return t.items if t else {}
+
+    def select(self, type_url: str, names: Iterable[str]) -> list[message.Message]:
+        """Full state for CDS/LDS (or an empty name list); the named subset otherwise."""
+        items = self.items(type_url)
+        wanted = frozenset(names)
+        if type_url not in NAMED_TYPES or not wanted:
+            return [items[n] for n in sorted(items)]
+        return [items[n] for n in sorted(wanted) if n in items]
+
+    def versions(self) -> dict[str, str]:
+        return {SHORT_NAMES[t]: self.version(t) for t in PUSH_ORDER}
+
+
+def make_snapshot(
+    clusters: Iterable[message.Message],
+    endpoints: Iterable[message.Message],
+    listeners: Iterable[message.Message],
+    routes: Iterable[message.Message],
+) -> Snapshot:
+    types: dict[str, TypeResources] = {}
+    for type_url, msgs in (
+        (CLUSTER, clusters),
+        (ENDPOINT, endpoints),
+        (LISTENER, listeners),
+        (ROUTE, routes),
+    ):
+        items = {resource_name(m): m for m in msgs}
+        types[type_url] = TypeResources(content_version(items), items)
+    return Snapshot(types)
+
+
+def consistency_errors(snap: Snapshot) -> list[str]:
+    """Rule 11: every reference must close before a snapshot is published."""
+    errors: list[str] = []
+    clusters = snap.items(CLUSTER)
+    endpoints = snap.items(ENDPOINT)
+    routes = snap.items(ROUTE)
+    for name, c in clusters.items():
+        assert isinstance(c, cluster_pb2.Cluster)
+        if c.type == cluster_pb2.Cluster.DiscoveryType.EDS:
+            eds_name = c.eds_cluster_config.service_name or name
+            if eds_name not in endpoints:
+                errors.append(f"cluster {name!r} has no endpoints resource {eds_name!r}")
+    for name, lst in snap.items(LISTENER).items():
+        assert isinstance(lst, listener_pb2.Listener)
+        for chain in lst.filter_chains:
+            for f in chain.filters:
+                manager = hcm.HttpConnectionManager()
+                if f.typed_config.Unpack(manager) and manager.HasField("rds"):
+                    rds_name = manager.rds.route_config_name
+                    if rds_name not in routes:
+                        errors.append(f"listener {name!r} refers to missing routes {rds_name!r}")
+    for name, rcfg in routes.items():
+        assert isinstance(rcfg, route_pb2.RouteConfiguration)
+        for vh in rcfg.virtual_hosts:
+            for r in vh.routes:
+                if r.HasField("route") and r.route.cluster and r.route.cluster not in clusters:
+                    errors.append(
+                        f"route {r.name!r} in {name!r} refers to unknown cluster "
+                        f"{r.route.cluster!r}"
+                    )
+    return errors
+
+
+def merge_for_removal(old: Snapshot, new: Snapshot) -> Snapshot | None:
+    """Rule 9: the first of two pushes when clusters go away.
+
+    New routes and listeners, but the old clusters (and their endpoints) kept,
+    so nothing routes to a cluster Envoy has already dropped. None when no
+    cluster is removed.
+    """
+    removed = set(old.items(CLUSTER)) - set(new.items(CLUSTER))
+    if not removed:
+        return None
+    clusters = {**old.items(CLUSTER), **new.items(CLUSTER)}
+    endpoints = {**old.items(ENDPOINT), **new.items(ENDPOINT)}
+    return make_snapshot(
+        clusters.values(), endpoints.values(), new.items(LISTENER).values(),
+        new.items(ROUTE).values(),
+    )

@@ -1,0 +1,189 @@
+"""LDS: one HTTP listener. Kept stable: an LDS change drains in-flight streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import address_pb2, substitution_format_string_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+
+from control_plane.model import GatewayModel
+from control_plane.translate.common import ads_source, any_of, seconds
+
+LISTENER_NAME = "gateway_http"
+ROUTE_CONFIG_NAME = "gateway_routes"
+MODEL_HEADER = "x-gateway-model"
+
+ACCESS_LOG_FORMAT = {
+    "time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "model": "%REQ(X-GATEWAY-MODEL)%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "upstream": "%UPSTREAM_HOST%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+}
+
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
+
+
+def _error_format(message: str, err_type: str, param: str | None = None) -> (
+    substitution_format_string_pb2.SubstitutionFormatString
+):
+    """The OpenAI error shape for Envoy's own replies; code is the HTTP status."""
+    return substitution_format_string_pb2.SubstitutionFormatString(
+        json_format=_struct(
+            {
+                "error": {
+                    "message": message,
+                    "type": err_type,
+                    "param": param,
+                    "code": "%RESPONSE_CODE%",
+                }
+            }
+        )
+    )
+
+
+def _flags(*flags: str) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(
+        response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))
+    )
+
+
+def _status(code: int) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(
+        status_code_filter=accesslog_pb2.StatusCodeFilter(
+            comparison=accesslog_pb2.ComparisonFilter(
+                op=accesslog_pb2.ComparisonFilter.Op.EQ,
+                value={"default_value": code, "runtime_key": f"gateway.local_reply.{code}"},
+            )
+        )
+    )
+
+
+def local_reply_mappers(model: GatewayModel) -> list[hcm.ResponseMapper]:
+    """Envoy-made errors rewritten into the OpenAI error shape, most specific first."""
+    mb = f"{model.limits.max_upload_mb:g}"
+    which = f"model %REQ({MODEL_HEADER})%"
+    return [
+        hcm.ResponseMapper(
+            filter=_flags("UH"),
+            body_format_override=_error_format(
+                f"no healthy backend for {which}: every backend serving it is down, "
+                "unhealthy or draining; retry later",
+                "service_unavailable_error",
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_flags("UO"),
+            body_format_override=_error_format(
+                f"backends for {which} are at capacity; retry later", "service_unavailable_error"
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_flags("UF", "URX", "UC", "UR", "LR", "UMSDR", "OM"),
+            body_format_override=_error_format(
+                f"the backend for {which} failed or closed the connection "
+                "(%RESPONSE_CODE_DETAILS%)",
+                "server_error",
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_flags("UT", "SI"),
+            body_format_override=_error_format(
+                f"the request to {which} stalled past the idle timeout "
+                f"({model.limits.idle_timeout_s:g} s without a byte) and was ended",
+                "timeout_error",
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_status(413),
+            body_format_override=_error_format(
+                f"the upload is larger than the gateway's limit of {mb} MB",
+                "invalid_request_error",
+                "file",
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_status(408),
+            body_format_override=_error_format(
+                "the request was not received in time and was ended", "timeout_error"
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_flags("NR"),
+            body_format_override=_error_format("no route for this path", "invalid_request_error"),
+        ),
+    ]
+
+
+def build_listener(model: GatewayModel) -> listener_pb2.Listener:
+    manager = hcm.HttpConnectionManager(
+        stat_prefix="gateway",
+        codec_type=hcm.HttpConnectionManager.CodecType.AUTO,
+        rds=hcm.Rds(config_source=ads_source(), route_config_name=ROUTE_CONFIG_NAME),
+        http_filters=[
+            # The Lua source arrives per virtual host through RDS.
+            hcm.HttpFilter(name="envoy.filters.http.lua", typed_config=any_of(lua_pb2.Lua())),
+            hcm.HttpFilter(
+                name="envoy.filters.http.router", typed_config=any_of(router_pb2.Router())
+            ),
+        ],
+        # No total timeout anywhere: long jobs and streams run; stalls end.
+        stream_idle_timeout=seconds(model.limits.idle_timeout_s),
+        request_headers_timeout=seconds(model.limits.request_headers_timeout_s),
+        request_timeout=seconds(0),
+        generate_request_id=wrappers_pb2.BoolValue(value=True),
+        always_set_request_id_in_response=True,
+        local_reply_config=hcm.LocalReplyConfig(mappers=local_reply_mappers(model)),
+        access_log=[
+            accesslog_pb2.AccessLog(
+                name="envoy.access_loggers.stdout",
+                typed_config=any_of(
+                    stream_pb2.StdoutAccessLog(
+                        log_format=substitution_format_string_pb2.SubstitutionFormatString(
+                            json_format=_struct(ACCESS_LOG_FORMAT)
+                        )
+                    )
+                ),
+            )
+        ],
+    )
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(
+                address=model.listener.address, port_value=model.listener.port
+            )
+        ),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name="envoy.filters.network.http_connection_manager",
+                        typed_config=any_of(manager),
+                    )
+                ]
+            )
+        ],
+    )

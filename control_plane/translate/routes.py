@@ -1,0 +1,208 @@
+"""RDS: the routes, the Lua source, and the gateway's own answers.
+
+Order matters: the POST audio catch-all is a normal route (so the request
+body has a buffer limit when Lua reads it), the model routes match the
+header Lua writes, and everything else gets an OpenAI-shaped 404 or 405.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from google.protobuf import wrappers_pb2
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+
+from control_plane.model import UNROUTED_CLUSTER, GatewayModel
+from control_plane.translate.common import any_of, seconds
+from control_plane.translate.listener import MODEL_HEADER, ROUTE_CONFIG_NAME
+
+LUA_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "route_by_model.lua"
+AUDIO_PATH_RE = r"^/v1/audio/(transcriptions|translations)$"
+RETRY_ON = "connect-failure,refused-stream,reset-before-request"
+MAX_DIRECT_BODY = 256 * 1024
+UPLOAD_SLACK = 64 * 1024  # multipart headers around a file at the limit
+
+
+def upload_limit_bytes(model: GatewayModel) -> int:
+    return int(model.limits.max_upload_mb * 1024 * 1024) + UPLOAD_SLACK
+
+
+def _lua_string(s: str) -> str:
+    return json.dumps(s)  # a JSON string of printable ASCII is a valid Lua string
+
+
+def render_lua(template: str, models: tuple[str, ...]) -> str:
+    """Fill the model set into the Lua source (pure)."""
+    table = "\n".join(f"  [{_lua_string(m)}] = true," for m in models)
+    listing = ", ".join(models)
+    return template.replace("--MODELS--", table).replace(
+        '"--MODEL_LIST--"', _lua_string(listing)
+    )
+
+
+def _error_body(status: int, message: str, param: str | None = None) -> str:
+    return json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param,
+                "code": status,
+            }
+        }
+    )
+
+
+def _direct(status: int, body: str) -> rc.DirectResponseAction:
+    return rc.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
+
+
+def _json_header() -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="content-type", value="application/json"),
+        append_action=base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append_action=base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def _exact(name: str, value: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
+
+
+def _audio_match(*headers: rc.HeaderMatcher) -> rc.RouteMatch:
+    return rc.RouteMatch(
+        safe_regex=regex_pb2.RegexMatcher(regex=AUDIO_PATH_RE), headers=list(headers)
+    )
+
+
+def _forward(model: GatewayModel, cluster: str) -> rc.RouteAction:
+    return rc.RouteAction(
+        cluster=cluster,
+        timeout=seconds(0),  # Envoy's 15 s default would kill transcriptions
+        idle_timeout=seconds(model.limits.idle_timeout_s),
+        retry_policy=rc.RetryPolicy(
+            retry_on=RETRY_ON,
+            num_retries=wrappers_pb2.UInt32Value(value=model.retries),
+            retry_host_predicate=[
+                rc.RetryPolicy.RetryHostPredicate(
+                    name="envoy.retry_host_predicates.previous_hosts",
+                    typed_config=any_of(previous_hosts_pb2.PreviousHostsPredicate()),
+                )
+            ],
+            host_selection_retry_max_attempts=5,
+        ),
+    )
+
+
+def models_body(models: tuple[str, ...]) -> str:
+    return json.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "whisper-gateway"}
+                for m in models
+            ],
+        }
+    )
+
+
+def build_routes(model: GatewayModel) -> list[rc.Route]:
+    routes: list[rc.Route] = []
+    post = _exact(":method", "POST")
+    for c in model.clusters:
+        routes.append(
+            rc.Route(
+                name=f"model:{c.model}",
+                match=_audio_match(_exact(MODEL_HEADER, c.model), post),
+                route=_forward(model, c.cluster_name),
+                response_headers_to_add=[
+                    _header("x-gateway-model", c.model),
+                    _header("x-gateway-backend", "%UPSTREAM_REMOTE_ADDRESS%"),
+                ],
+            )
+        )
+    routes.append(
+        rc.Route(
+            name="audio:before-lua",
+            match=_audio_match(post),
+            route=_forward(model, UNROUTED_CLUSTER),
+        )
+    )
+    routes.append(
+        rc.Route(
+            name="audio:wrong-method",
+            match=_audio_match(),
+            direct_response=_direct(
+                405, _error_body(405, "method not allowed: use POST with a multipart form")
+            ),
+            response_headers_to_add=[_json_header(), _header("allow", "POST")],
+        )
+    )
+    routes.append(
+        rc.Route(
+            name="models:list",
+            match=rc.RouteMatch(path="/v1/models", headers=[_exact(":method", "GET")]),
+            direct_response=_direct(200, models_body(model.models)),
+            response_headers_to_add=[_json_header()],
+        )
+    )
+    routes.append(
+        rc.Route(
+            name="models:wrong-method",
+            match=rc.RouteMatch(path="/v1/models"),
+            direct_response=_direct(405, _error_body(405, "method not allowed: use GET")),
+            response_headers_to_add=[_json_header(), _header("allow", "GET")],
+        )
+    )
+    routes.append(
+        rc.Route(
+            name="not-found",
+            match=rc.RouteMatch(prefix="/"),
+            direct_response=_direct(
+                404,
+                _error_body(
+                    404,
+                    "unknown path: this gateway serves POST /v1/audio/transcriptions, "
+                    "POST /v1/audio/translations and GET /v1/models",
+                ),
+            ),
+            response_headers_to_add=[_json_header()],
+        )
+    )
+    return routes
+
+
+def build_route_config(model: GatewayModel, lua_template: str) -> route_pb2.RouteConfiguration:
+    lua = render_lua(lua_template, model.models)
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME,
+        max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(value=MAX_DIRECT_BODY),
+        virtual_hosts=[
+            rc.VirtualHost(
+                name="gateway",
+                domains=["*"],
+                request_body_buffer_limit=wrappers_pb2.UInt64Value(
+                    value=upload_limit_bytes(model)
+                ),
+                typed_per_filter_config={
+                    "envoy.filters.http.lua": any_of(
+                        lua_pb2.LuaPerRoute(source_code=base_pb2.DataSource(inline_string=lua))
+                    )
+                },
+                routes=build_routes(model),
+            )
+        ],
+    )

@@ -1,0 +1,91 @@
+-- whisper-gateway: route an OpenAI audio upload by its multipart `model` field.
+--
+-- Shipped to Envoy through RDS (LuaPerRoute on the virtual host), rendered by
+-- control_plane/translate/routes.py: the control plane fills in the model set.
+-- The body is buffered up to the route's buffer limit (Envoy answers 413 past
+-- it), the `model` part is found wherever it sits (curl sends it after the
+-- file, the openai SDK before), and the internal header is always rewritten,
+-- never trusted from the client.
+
+local HEADER = "x-gateway-model"
+local MODELS = {
+--MODELS--
+}
+local MODEL_LIST = "--MODEL_LIST--"
+
+local function json_string(s)
+  s = s:gsub('[%c"\\]', function(c)
+    if c == '"' then return '\\"' end
+    if c == "\\" then return "\\\\" end
+    return string.format("\\u%04x", c:byte())
+  end)
+  return '"' .. s .. '"'
+end
+
+local function reply(handle, status, message, param)
+  local body = '{"error":{"message":' .. json_string(message)
+    .. ',"type":"invalid_request_error","param":'
+    .. (param and json_string(param) or "null")
+    .. ',"code":' .. status .. '}}'
+  handle:respond({[":status"] = tostring(status), ["content-type"] = "application/json"}, body)
+end
+
+-- Returns the value of the form field `name`, or nil; walks the parts by
+-- boundary so a file whose bytes contain 'name="model"' cannot fool it.
+local function form_field(body, boundary, name)
+  local delim = "--" .. boundary
+  local s, e = string.find(body, delim, 1, true)
+  while s do
+    if string.sub(body, e + 1, e + 2) == "--" then return nil end
+    local head_end = string.find(body, "\r\n\r\n", e + 1, true)
+    if not head_end then return nil end
+    local head = string.sub(body, e + 1, head_end - 1)
+    local ns, ne = string.find(body, "\r\n" .. delim, head_end + 4, true)
+    if not ns then return nil end
+    local field = head:match('[;%s]name="([^"]*)"') or head:match("[;%s]name=([^;%s]+)")
+    if field == name then
+      return string.sub(body, head_end + 4, ns - 1)
+    end
+    s, e = ns + 2, ne
+  end
+  return nil
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  headers:remove(HEADER)
+  local path = headers:get(":path") or ""
+  path = path:gsub("%?.*$", "")
+  if headers:get(":method") ~= "POST"
+      or (path ~= "/v1/audio/transcriptions" and path ~= "/v1/audio/translations") then
+    return
+  end
+  local ctype = headers:get("content-type") or ""
+  local boundary = ctype:match('[Bb]oundary="([^"]+)"') or ctype:match("[Bb]oundary=([^;%s]+)")
+  if not ctype:lower():find("multipart/form-data", 1, true) or not boundary then
+    reply(handle, 400, "the request body must be multipart/form-data with a 'file' and a 'model' field", nil)
+    return
+  end
+  local body = handle:body()
+  if body == nil then
+    reply(handle, 400, "the request has no body: send a multipart form with 'file' and 'model'", "file")
+    return
+  end
+  local model = form_field(body:getBytes(0, body:length()), boundary, "model")
+  if model == nil then
+    reply(handle, 400, "you must provide a model parameter (available models: " .. MODEL_LIST .. ")", "model")
+    return
+  end
+  model = model:match("^%s*(.-)%s*$")
+  if model == "" then
+    reply(handle, 400, "you must provide a model parameter (available models: " .. MODEL_LIST .. ")", "model")
+    return
+  end
+  if not MODELS[model] then
+    reply(handle, 404, "The model '" .. model .. "' does not exist. Available models: " .. MODEL_LIST, "model")
+    return
+  end
+  -- body() yielded: the headers handle from before it is out of scope now.
+  handle:headers():replace(HEADER, model)
+  handle:clearRouteCache()
+end
