@@ -1,0 +1,106 @@
+"""A FAKE Whisper backend that produces a fault on demand. Not a transcriber.
+
+Run as `python tests/support/fake_backend.py --mode MODE --port N`. Modes:
+  fast         answers every upload at once in vLLM's json shape (bench baseline)
+  slow         reads the upload, waits --delay seconds, then answers
+  slow_stream  SSE: one chunk every --interval seconds, --chunks of them, then [DONE]
+  hang         reads the upload and never answers (the connection stays open)
+  error500     answers 500 in the OpenAI error shape
+  garbage      answers 200 with a body that is not JSON
+  reset_stream starts an SSE stream, sends two chunks, then drops the connection
+Each request's headers are kept so a test can read what reached the backend
+(GET /_fake/requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+SEEN: list[dict[str, object]] = []
+
+
+def _chunk(text: str, finish: str | None = None) -> bytes:
+    payload = {
+        "id": "transcribe-fake",
+        "object": "transcription.chunk",
+        "created": int(time.time()),
+        "model": "fake",
+        "choices": [{"delta": {"content": text}, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Application:
+    async def transcribe(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        SEEN.append({"headers": dict(request.headers), "bytes": len(body), "path": request.path})
+        if mode == "fast":
+            return web.json_response(
+                {"text": " fake", "usage": {"type": "duration", "seconds": 1}}
+            )
+        if mode == "slow":
+            await asyncio.sleep(delay)
+            return web.json_response(
+                {"text": f" slow after {delay:g} s", "usage": {"type": "duration", "seconds": 1}}
+            )
+        if mode == "hang":
+            await asyncio.sleep(10**6)
+        if mode == "error500":
+            return web.json_response(
+                {"error": {"message": "fake failure", "type": "InternalServerError",
+                           "param": None, "code": 500}},
+                status=500,
+            )
+        if mode == "garbage":
+            return web.Response(text="<html>not json", content_type="text/html")
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        n = 2 if mode == "reset_stream" else chunks
+        for i in range(n):
+            await resp.write(_chunk(f" chunk{i}"))
+            await asyncio.sleep(interval)
+        if mode == "reset_stream":
+            assert request.transport is not None
+            request.transport.abort()
+            return resp
+        await resp.write(_chunk("", "stop"))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response()
+
+    async def seen(_: web.Request) -> web.Response:
+        return web.json_response(SEEN)
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/audio/transcriptions", transcribe)
+    app.router.add_post("/v1/audio/translations", transcribe)
+    app.router.add_get("/health", health)
+    app.router.add_get("/_fake/requests", seen)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--mode", required=True,
+                   choices=["fast", "slow", "slow_stream", "hang", "error500", "garbage",
+                            "reset_stream"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--delay", type=float, default=17.0)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--chunks", type=int, default=5)
+    a = p.parse_args()
+    web.run_app(make_app(a.mode, a.delay, a.interval, a.chunks), host=a.host, port=a.port,
+                print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
