@@ -21,10 +21,16 @@ from control_plane.discovery import is_ip, resolve
 from control_plane.model import EndpointHealth, GatewayModel, build_model, endpoint_key
 from control_plane.resources import build_snapshot, load_lua_template
 from control_plane.snapshot import ROUTE, merge_for_removal
+from health import HealthEvent, HealthMonitor, HealthSettings, HealthStatus, ProbeTarget
 
 log = logging.getLogger("control_plane")
 
 RESOLVE_INTERVAL_S = 30.0
+_FROM_PROBE = {
+    HealthStatus.UNKNOWN: EndpointHealth.UNKNOWN,
+    HealthStatus.HEALTHY: EndpointHealth.HEALTHY,
+    HealthStatus.UNHEALTHY: EndpointHealth.UNHEALTHY,
+}
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ class ControlPlane:
         self.ads: ads.AdsServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.health_monitor: Any = None
+        self.health_monitor: HealthMonitor | None = None
+        self.last_health_event: dict[str, HealthEvent] = {}
 
     # ------------------------------------------------------------ state -> snapshot
 
@@ -143,8 +150,50 @@ class ControlPlane:
                 self.rebuild()
                 await self._on_endpoints_changed()
 
+    def probe_targets(self) -> list[ProbeTarget]:
+        """One target per resolved address of every backend that is probed."""
+        targets = []
+        for b in self.config.backends:
+            if not b.health.enabled:
+                continue
+            h = b.health
+            settings = HealthSettings(
+                interval_s=h.interval_s,
+                timeout_s=h.timeout_s,
+                healthy_threshold=h.healthy_threshold,
+                unhealthy_threshold=h.unhealthy_threshold,
+                expected_word=h.expected_word,
+                language=h.language,
+            )
+            scheme = "https" if b.tls else "http"
+            for address in self.resolved.get(b.url, ()):
+                host = f"[{address}]" if ":" in address else address
+                targets.append(
+                    ProbeTarget(
+                        key=endpoint_key(address, b.port),
+                        base_url=f"{scheme}://{host}:{b.port}",
+                        models=b.models,
+                        api_key=b.api_key(),
+                        settings=settings,
+                    )
+                )
+        return targets
+
+    def _on_health_event(self, event: HealthEvent) -> None:
+        """A probe decision: only EDS changes, pushed before this returns to the loop."""
+        log.info("health: %s -> %s (%s)", event.target, event.status.value, event.reason)
+        self.last_health_event[event.target] = event
+        self.set_health(event.target, _FROM_PROBE[event.status])
+
     async def _on_endpoints_changed(self) -> None:
-        """Hook for the health monitor: new endpoint set, new probe targets."""
+        if self.health_monitor is None:
+            return
+        targets = self.probe_targets()
+        keys = {t.key for t in targets}
+        for key in list(self.health):
+            if key not in keys:
+                del self.health[key]
+        await self.health_monitor.set_targets(targets)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -155,6 +204,9 @@ class ControlPlane:
         self._grpc, self.ads = await ads.serve(
             self.cache, self.config.xds.address, self.config.xds.port
         )
+        if any(b.health.enabled for b in self.config.backends):
+            self.health_monitor = HealthMonitor(self._on_health_event)
+            await self.health_monitor.start()
         await self._on_endpoints_changed()
         self._tasks.append(asyncio.create_task(self._resolve_loop()))
         log.info(
@@ -166,6 +218,8 @@ class ControlPlane:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.health_monitor is not None:
+            await self.health_monitor.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
 
