@@ -22,17 +22,27 @@ def _config(args: argparse.Namespace, rest: list[str]) -> GatewayConfig:
     return load_config(args.config or DEFAULT_CONFIG)
 
 
-async def _serve(config: GatewayConfig) -> None:
+async def _serve(config: GatewayConfig, config_path: str | None) -> None:
     from control_plane.admin import start_admin
     from control_plane.app import ControlPlane
 
-    runtime = ControlPlane(config)
+    runtime = ControlPlane(config, config_path=config_path)
     await runtime.start()
     runner = await start_admin(runtime, config.admin.address, config.admin.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload()))
+
+    async def _reload() -> None:
+        assert config_path is not None
+        try:
+            await runtime.reload(load_config(config_path))
+        except (ConfigError, ValueError) as e:
+            logging.getLogger("control_plane").error("reload refused, config kept: %s", e)
+
     await stop.wait()
     await runner.cleanup()
     await runtime.stop()
@@ -44,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         description="xDS control plane for the Whisper gateway. Unknown flags are read as "
         "vLLM Production Stack router flags (--static-backends ...).",
     )
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "bootstrap",
-                                                                        "check"])
+    parser.add_argument(
+        "command", nargs="?", default="serve", choices=["serve", "bootstrap", "check"]
+    )
     parser.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG})")
     parser.add_argument("--node-id", help="Envoy node id for `bootstrap`")
     parser.add_argument("--log-level", default="INFO")
@@ -64,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"config OK: {len(config.backends)} backends, models {', '.join(config.models)}")
         return 0
-    asyncio.run(_serve(config))
+    path = None if rest else str(args.config or DEFAULT_CONFIG)
+    asyncio.run(_serve(config, path))
     return 0
 
 

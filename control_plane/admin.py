@@ -10,20 +10,28 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from control_plane.app import ControlPlane
+from control_plane.config import ConfigError, load_config
 from control_plane.snapshot import PUSH_ORDER, SHORT_NAMES
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
-        text=json.dumps(data, indent=2, default=str), status=status,
+        text=json.dumps(data, indent=2, default=str),
+        status=status,
         content_type="application/json",
     )
 
 
 def _error(status: int, message: str) -> web.Response:
     return _json(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                   "code": status}},
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": status,
+            }
+        },
         status,
     )
 
@@ -36,27 +44,34 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
         snap = cp.cache.snapshot
         if snap is None:
             return _error(503, "no snapshot published yet")
-        return _json({
-            SHORT_NAMES[t]: {
-                "version": snap.version(t),
-                "resources": [
-                    json_format.MessageToDict(m, preserving_proto_field_name=True)
-                    for m in snap.select(t, [])
-                ],
+        return _json(
+            {
+                SHORT_NAMES[t]: {
+                    "version": snap.version(t),
+                    "resources": [
+                        json_format.MessageToDict(m, preserving_proto_field_name=True)
+                        for m in snap.select(t, [])
+                    ],
+                }
+                for t in PUSH_ORDER
             }
-            for t in PUSH_ORDER
-        })
+        )
 
     async def backends(_: web.Request) -> web.Response:
         probes = cp.probe_snapshot()
-        return _json([
-            {
-                "endpoint": e.key, "backend_url": e.backend_url, "models": list(e.models),
-                "health": e.health.value, "draining": e.draining,
-                "probe": probes.get(e.key),
-            }
-            for e in cp.endpoints()
-        ])
+        return _json(
+            [
+                {
+                    "endpoint": e.key,
+                    "backend_url": e.backend_url,
+                    "models": list(e.models),
+                    "health": e.health.value,
+                    "draining": e.draining,
+                    "probe": probes.get(e.key),
+                }
+                for e in cp.endpoints()
+            ]
+        )
 
     async def drain(request: web.Request) -> web.Response:
         key = request.match_info["key"]
@@ -70,6 +85,17 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
             return _error(404, f"endpoint {key!r} is not draining")
         return _json({"endpoint": key, "draining": False})
 
+    async def reload(_: web.Request) -> web.Response:
+        """Re-read the config file; a bad one is refused and the running one kept."""
+        if cp.config_path is None:
+            return _error(409, "the control plane was not started from a config file")
+        try:
+            new = load_config(cp.config_path)
+            await cp.reload(new)
+        except (ConfigError, ValueError) as e:
+            return _error(400, f"reload refused, running config kept: {e}")
+        return _json({"reloaded": True, "models": list(new.models), **cp.status()["versions"]})
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -79,6 +105,7 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
     app.router.add_get("/backends", backends)
     app.router.add_post("/backends/{key}/drain", drain)
     app.router.add_post("/backends/{key}/undrain", undrain)
+    app.router.add_post("/config/reload", reload)
     app.router.add_get("/healthz", healthz)
     return app
 

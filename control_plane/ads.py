@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.cache import SnapshotCache
@@ -34,7 +33,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.streams: dict[int, StreamState] = {}
         self.ack_event = asyncio.Event()
 
-    async def StreamAggregatedResources(  # noqa: N802 (gRPC's name)
+    async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
@@ -71,7 +70,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if error is not None:
                     log.warning(
                         "NACK from %s for %s nonce %s: %s",
-                        stream.node_id, req.type_url, req.response_nonce, error,
+                        stream.node_id,
+                        req.type_url,
+                        req.response_nonce,
+                        error,
                     )
                 version = ""
                 if req.HasField("node") and req.node.HasField("user_agent_build_version"):
@@ -121,8 +123,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         deadline = loop.time() + timeout
         while True:
             pending = [
-                s for s in self.streams.values()
-                if type_url in s.types and s.types[type_url].subscribed
+                s
+                for s in self.streams.values()
+                if type_url in s.types
+                and s.types[type_url].subscribed
                 and s.types[type_url].acked_version != version
             ]
             if not pending:

@@ -43,8 +43,14 @@ class EndpointView:
 
 
 class ControlPlane:
-    def __init__(self, config: GatewayConfig, lua_template: str | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        lua_template: str | None = None,
+        config_path: str | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
         self.lua_template = lua_template or load_lua_template()
         self.cache = SnapshotCache()
         self.resolved: dict[str, tuple[str, ...]] = {}
@@ -133,8 +139,9 @@ class ControlPlane:
             try:
                 addrs = await resolve(b.host, b.port)
             except OSError as e:
-                log.warning("cannot resolve %s: %s (keeping %s)", b.host, e,
-                            self.resolved.get(b.url, ()))
+                log.warning(
+                    "cannot resolve %s: %s (keeping %s)", b.host, e, self.resolved.get(b.url, ())
+                )
                 continue
             if self.resolved.get(b.url) != addrs:
                 self.resolved[b.url] = addrs
@@ -195,6 +202,26 @@ class ControlPlane:
                 del self.health[key]
         await self.health_monitor.set_targets(targets)
 
+    async def reload(self, new: GatewayConfig) -> None:
+        """Swap in a validated config; the listener stays, so streams are not drained.
+
+        Raises ValueError (and keeps the running config) for a change that needs a
+        restart or a snapshot that does not close.
+        """
+        for name in ("xds", "admin", "envoy_admin"):
+            if getattr(new, name) != getattr(self.config, name):
+                raise ValueError(f"{name} cannot change on reload; restart instead")
+        old_config, old_resolved = self.config, dict(self.resolved)
+        self.config = new
+        self.resolved = {}
+        await self.resolve_all()
+        model = build_model(new, self.resolved, self.effective_health())
+        if not await self.publish_with_removal(model):
+            self.config, self.resolved = old_config, old_resolved
+            raise ValueError(f"new config refused: {self.cache.last_refusal}")
+        await self._on_endpoints_changed()
+        log.info("config reloaded; models: %s", ", ".join(new.models))
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -204,14 +231,15 @@ class ControlPlane:
         self._grpc, self.ads = await ads.serve(
             self.cache, self.config.xds.address, self.config.xds.port
         )
-        if any(b.health.enabled for b in self.config.backends):
-            self.health_monitor = HealthMonitor(self._on_health_event)
-            await self.health_monitor.start()
+        self.health_monitor = HealthMonitor(self._on_health_event)
+        await self.health_monitor.start()
         await self._on_endpoints_changed()
         self._tasks.append(asyncio.create_task(self._resolve_loop()))
         log.info(
             "xDS (ADS) on %s:%d; models: %s",
-            self.config.xds.address, self.config.xds.port, ", ".join(self.config.models),
+            self.config.xds.address,
+            self.config.xds.port,
+            ", ".join(self.config.models),
         )
 
     async def stop(self) -> None:
@@ -234,8 +262,11 @@ class ControlPlane:
         return {
             "versions": snap.versions() if snap else {},
             "snapshot_updated_at": self.cache.updated_at,
-            "last_refusal": None if self.cache.last_refusal is None else {
-                "at": self.cache.last_refusal.at, "errors": list(self.cache.last_refusal.errors),
+            "last_refusal": None
+            if self.cache.last_refusal is None
+            else {
+                "at": self.cache.last_refusal.at,
+                "errors": list(self.cache.last_refusal.errors),
             },
             "proxies": [s.to_dict(snap) for s in (self.ads.streams.values() if self.ads else [])],
         }

@@ -160,11 +160,14 @@ def _int(data: Mapping[str, Any], key: str, default: int, path: str, minimum: in
 def _str(data: Mapping[str, Any], key: str, default: str | None, path: str) -> str | None:
     value = data.get(key, default)
     if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise ConfigError(f"{path}.{key}", f"must be a non-empty string, got {value!r}")
+        where = f"{path}.{key}" if path else key
+        raise ConfigError(where, f"must be a non-empty string, got {value!r}")
     return value
 
 
-def _choice(data: Mapping[str, Any], key: str, default: str, choices: tuple[str, ...], path: str) -> str:
+def _choice(
+    data: Mapping[str, Any], key: str, default: str, choices: tuple[str, ...], path: str
+) -> str:
     value = data.get(key, default)
     if value not in choices:
         raise ConfigError(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
@@ -189,8 +192,15 @@ def _health(data: Any, path: str, base: HealthConfig) -> HealthConfig:
     d = _mapping(data, path)
     _no_unknown(
         d,
-        {"enabled", "interval_s", "timeout_s", "healthy_threshold", "unhealthy_threshold",
-         "expected_word", "language"},
+        {
+            "enabled",
+            "interval_s",
+            "timeout_s",
+            "healthy_threshold",
+            "unhealthy_threshold",
+            "expected_word",
+            "language",
+        },
         path,
     )
     enabled = d.get("enabled", base.enabled)
@@ -220,6 +230,8 @@ def _backend(data: Any, path: str, health_defaults: HealthConfig) -> BackendConf
         raise ConfigError(f"{path}.url", f"must be http(s)://host:port, got {url!r}")
     if parts.path not in ("", "/"):
         raise ConfigError(f"{path}.url", f"must not carry a path, got {parts.path!r}")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ConfigError(f"{path}.url", f"must be only scheme://host:port, got {url!r}")
     try:
         _ = parts.port
     except ValueError as e:
@@ -230,7 +242,8 @@ def _backend(data: Any, path: str, health_defaults: HealthConfig) -> BackendConf
     if not isinstance(models, list) or not models:
         raise ConfigError(f"{path}.models", "must be a non-empty list of model names")
     for i, m in enumerate(models):
-        if not isinstance(m, str) or not m.strip() or any(c.isspace() or c in "\"\\" for c in m):
+        # Printable ASCII only: the name travels as an HTTP header value and a Lua string.
+        if not isinstance(m, str) or not m or any(not ("!" <= c <= "~") or c in '"\\' for c in m):
             raise ConfigError(f"{path}.models[{i}]", f"not a valid model name: {m!r}")
     if len(set(models)) != len(models):
         raise ConfigError(f"{path}.models", "lists a model twice")
@@ -253,15 +266,30 @@ def parse_config(data: Any) -> GatewayConfig:
     d = _mapping(data, "config")
     _no_unknown(
         d,
-        {"listener", "envoy_admin", "xds", "admin", "limits", "routing", "outlier", "health",
-         "backends", "node_id"},
+        {
+            "listener",
+            "envoy_admin",
+            "xds",
+            "admin",
+            "limits",
+            "routing",
+            "outlier",
+            "health",
+            "backends",
+            "node_id",
+        },
         "",
     )
     lim = _mapping(d.get("limits"), "limits")
     _no_unknown(
         lim,
-        {"max_upload_mb", "request_headers_timeout_s", "idle_timeout_s", "connect_timeout_s",
-         "drain_time_s"},
+        {
+            "max_upload_mb",
+            "request_headers_timeout_s",
+            "idle_timeout_s",
+            "connect_timeout_s",
+            "drain_time_s",
+        },
         "limits",
     )
     limits = LimitsConfig(
@@ -295,15 +323,23 @@ def parse_config(data: Any) -> GatewayConfig:
     raw_backends = d.get("backends")
     if not isinstance(raw_backends, list) or not raw_backends:
         raise ConfigError("backends", "must be a non-empty list")
-    backends = tuple(
-        _backend(b, f"backends[{i}]", health) for i, b in enumerate(raw_backends)
-    )
+    backends = tuple(_backend(b, f"backends[{i}]", health) for i, b in enumerate(raw_backends))
     seen: dict[tuple[str, int], int] = {}
     for i, b in enumerate(backends):
         key = (b.host, b.port)
         if key in seen:
             raise ConfigError(f"backends[{i}].url", f"duplicates backends[{seen[key]}].url")
         seen[key] = i
+    # One cluster per model has one transport socket: all plain HTTP or all TLS.
+    scheme_of: dict[str, tuple[bool, int]] = {}
+    for i, b in enumerate(backends):
+        for m in b.models:
+            tls, first = scheme_of.setdefault(m, (b.tls, i))
+            if tls != b.tls:
+                raise ConfigError(
+                    f"backends[{i}].url",
+                    f"model {m!r} is served over both http and https (see backends[{first}])",
+                )
     cfg = GatewayConfig(
         listener=_host_port(d.get("listener"), "listener", HostPort("127.0.0.1", 8000)),
         envoy_admin=_host_port(d.get("envoy_admin"), "envoy_admin", HostPort("127.0.0.1", 9901)),
@@ -317,7 +353,9 @@ def parse_config(data: Any) -> GatewayConfig:
         node_id=_str(d, "node_id", "gateway", "") or "gateway",
     )
     ports = {
-        "listener": cfg.listener, "envoy_admin": cfg.envoy_admin, "xds": cfg.xds,
+        "listener": cfg.listener,
+        "envoy_admin": cfg.envoy_admin,
+        "xds": cfg.xds,
         "admin": cfg.admin,
     }
     used: dict[tuple[str, int], str] = {}

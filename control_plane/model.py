@@ -11,12 +11,12 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from control_plane.config import GatewayConfig, HostPort, LimitsConfig, OutlierConfig
 
 
-class EndpointHealth(str, Enum):
+class EndpointHealth(StrEnum):
     """What the control plane knows of an endpoint; UNKNOWN gets no traffic."""
 
     UNKNOWN = "UNKNOWN"

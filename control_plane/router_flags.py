@@ -11,8 +11,11 @@ from typing import Any, NoReturn
 
 from control_plane.config import GatewayConfig, parse_config
 
-ROUTING = {"roundrobin": "round_robin", "least_request": "least_request",
-           "leastrequest": "least_request"}
+ROUTING = {
+    "roundrobin": "round_robin",
+    "least_request": "least_request",
+    "leastrequest": "least_request",
+}
 
 # Flags we accept for compatibility but that change nothing here, with why.
 IGNORED = {
@@ -25,15 +28,14 @@ IGNORED_SWITCHES = {"--log-stats": "see the admin API /metrics and Envoy's /stat
 REFUSED = {
     "--session-key": "session routing is not supported; use --routing-logic roundrobin",
     "--k8s-namespace": "k8s discovery: list the backends' Service DNS names in "
-                       "--static-backends (one endpoint per resolved address)",
+    "--static-backends (one endpoint per resolved address)",
     "--k8s-port": "k8s discovery is not supported; use DNS names in --static-backends",
     "--k8s-label-selector": "k8s discovery is not supported; use DNS names",
     "--static-aliases": "model aliases are not supported: serve each model under its true name",
     "--static-model-labels": "model labels are not supported",
     "--prefill-model-labels": "prefill/decode disaggregation does not apply to Whisper",
     "--decode-model-labels": "prefill/decode disaggregation does not apply to Whisper",
-    "--callbacks": "Python callbacks in the request path are not supported (Envoy moves the "
-                   "bytes)",
+    "--callbacks": "Python callbacks in the request path are not supported (Envoy moves the bytes)",
     "--enable-batch-api": "the batch API is not supported",
     "--file-storage-class": "the batch API is not supported",
     "--file-storage-path": "the batch API is not supported",
@@ -106,7 +108,7 @@ def config_from_router_flags(argv: list[str]) -> GatewayConfig:
                 f"--static-model-types {t} is refused: this gateway serves transcription models"
             )
     health: dict[str, Any] = {"enabled": bool(args.static_backend_health_checks)}
-    if args.health_check_interval:
+    if args.health_check_interval is not None:
         health["interval_s"] = args.health_check_interval
     doc: dict[str, Any] = {
         "listener": {"address": args.host, "port": args.port},
@@ -114,6 +116,6 @@ def config_from_router_flags(argv: list[str]) -> GatewayConfig:
         "health": health,
         "backends": [{"url": b, "models": [m]} for b, m in zip(backends, models, strict=True)],
     }
-    if args.max_upload_mb:
+    if args.max_upload_mb is not None:
         doc["limits"] = {"max_upload_mb": args.max_upload_mb}
     return parse_config(doc)

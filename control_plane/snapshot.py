@@ -6,14 +6,13 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from google.protobuf import message
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from google.protobuf import message
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -136,6 +135,8 @@ def merge_for_removal(old: Snapshot, new: Snapshot) -> Snapshot | None:
     clusters = {**old.items(CLUSTER), **new.items(CLUSTER)}
     endpoints = {**old.items(ENDPOINT), **new.items(ENDPOINT)}
     return make_snapshot(
-        clusters.values(), endpoints.values(), new.items(LISTENER).values(),
+        clusters.values(),
+        endpoints.values(),
+        new.items(LISTENER).values(),
         new.items(ROUTE).values(),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from control_plane.snapshot import (
@@ -27,7 +27,7 @@ from control_plane.snapshot import (
 FORCE_AFTER = {CLUSTER: ENDPOINT, LISTENER: ROUTE}
 
 
-class SyncState(str, Enum):
+class SyncState(StrEnum):
     SYNCED = "SYNCED"
     STALE = "STALE"
     NOT_SENT = "NOT_SENT"
@@ -73,13 +73,25 @@ class TypeState:
         return {
             "state": self.sync_state(current_version).value,
             "current_version": current_version,
-            "sent": {"version": self.sent_version, "nonce": self.sent_nonce,
-                     "at": self.sent_at, "count": self.sent_count},
-            "acked": {"version": self.acked_version, "nonce": self.acked_nonce,
-                      "at": self.acked_at, "count": self.ack_count},
-            "last_nack": None if self.last_nack is None else {
-                "version": self.last_nack.version, "nonce": self.last_nack.nonce,
-                "message": self.last_nack.message, "at": self.last_nack.at,
+            "sent": {
+                "version": self.sent_version,
+                "nonce": self.sent_nonce,
+                "at": self.sent_at,
+                "count": self.sent_count,
+            },
+            "acked": {
+                "version": self.acked_version,
+                "nonce": self.acked_nonce,
+                "at": self.acked_at,
+                "count": self.ack_count,
+            },
+            "last_nack": None
+            if self.last_nack is None
+            else {
+                "version": self.last_nack.version,
+                "nonce": self.last_nack.nonce,
+                "message": self.last_nack.message,
+                "at": self.last_nack.at,
             },
             "nack_count": self.nack_count,
             "stale_ignored": self.stale_ignored,
@@ -145,7 +157,9 @@ class StreamState:
         # Rule 2: only the first request carries the node.
         if node_id and not self.node_id:
             self.node_id, self.node_cluster, self.envoy_version = (
-                node_id, node_cluster, envoy_version,
+                node_id,
+                node_cluster,
+                envoy_version,
             )
         t = self.type_state(type_url)
         # Rule 5: a reply to anything but our latest response is stale.
@@ -161,7 +175,9 @@ class StreamState:
                 t.nack_count += 1
             else:
                 t.acked_version, t.acked_nonce, t.acked_at = (
-                    version_info, response_nonce, time.time(),
+                    version_info,
+                    response_nonce,
+                    time.time(),
                 )
                 t.ack_count += 1
         names = frozenset(resource_names)

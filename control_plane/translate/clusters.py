@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from google.protobuf import wrappers_pb2
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.type.v3 import percent_pb2
+from google.protobuf import wrappers_pb2
 
 from control_plane.model import UNROUTED_CLUSTER, GatewayModel, ModelCluster
 from control_plane.translate.common import ads_source, any_of, seconds

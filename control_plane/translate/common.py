@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2, duration_pb2, message
-
 from envoy.config.core.v3 import config_source_pb2
+from google.protobuf import any_pb2, duration_pb2, message
 
 
 def any_of(msg: message.Message) -> any_pb2.Any:

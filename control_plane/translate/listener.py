@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import struct_pb2, wrappers_pb2
-
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import address_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -15,6 +13,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from control_plane.model import GatewayModel
 from control_plane.translate.common import ads_source, any_of, seconds
@@ -46,9 +45,9 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
-def _error_format(message: str, err_type: str, param: str | None = None) -> (
-    substitution_format_string_pb2.SubstitutionFormatString
-):
+def _error_format(
+    message: str, err_type: str, param: str | None = None
+) -> substitution_format_string_pb2.SubstitutionFormatString:
     """The OpenAI error shape for Envoy's own replies; code is the HTTP status."""
     return substitution_format_string_pb2.SubstitutionFormatString(
         json_format=_struct(

@@ -8,9 +8,8 @@ header Lua writes, and everything else gets an OpenAI-shaped 404 or 405.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-
-from google.protobuf import wrappers_pb2
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -18,6 +17,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import wrappers_pb2
 
 from control_plane.model import UNROUTED_CLUSTER, GatewayModel
 from control_plane.translate.common import any_of, seconds
@@ -35,16 +35,24 @@ def upload_limit_bytes(model: GatewayModel) -> int:
 
 
 def _lua_string(s: str) -> str:
-    return json.dumps(s)  # a JSON string of printable ASCII is a valid Lua string
+    """A Lua 5.1 / LuaJIT string literal for any text (UTF-8 bytes, decimal escapes)."""
+    out = []
+    for b in s.encode():
+        ch = chr(b)
+        out.append(ch if 0x20 <= b < 0x7F and ch not in '"\\' else f"\\{b:03d}")
+    return '"' + "".join(out) + '"'
+
+
+_PLACEHOLDERS = re.compile(r'--MODELS--|"--MODEL_LIST--"')
 
 
 def render_lua(template: str, models: tuple[str, ...]) -> str:
-    """Fill the model set into the Lua source (pure)."""
-    table = "\n".join(f"  [{_lua_string(m)}] = true," for m in models)
-    listing = ", ".join(models)
-    return template.replace("--MODELS--", table).replace(
-        '"--MODEL_LIST--"', _lua_string(listing)
-    )
+    """Fill the model set into the Lua source (pure, one pass: names are never re-read)."""
+    fill = {
+        "--MODELS--": "\n".join(f"  [{_lua_string(m)}] = true," for m in models),
+        '"--MODEL_LIST--"': _lua_string(", ".join(models)),
+    }
+    return _PLACEHOLDERS.sub(lambda mo: fill[mo.group(0)], template)
 
 
 def _error_body(status: int, message: str, param: str | None = None) -> str:
@@ -194,9 +202,7 @@ def build_route_config(model: GatewayModel, lua_template: str) -> route_pb2.Rout
             rc.VirtualHost(
                 name="gateway",
                 domains=["*"],
-                request_body_buffer_limit=wrappers_pb2.UInt64Value(
-                    value=upload_limit_bytes(model)
-                ),
+                request_body_buffer_limit=wrappers_pb2.UInt64Value(value=upload_limit_bytes(model)),
                 typed_per_filter_config={
                     "envoy.filters.http.lua": any_of(
                         lua_pb2.LuaPerRoute(source_code=base_pb2.DataSource(inline_string=lua))

@@ -40,9 +40,7 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
         body = await request.read()
         SEEN.append({"headers": dict(request.headers), "bytes": len(body), "path": request.path})
         if mode == "fast":
-            return web.json_response(
-                {"text": " fake", "usage": {"type": "duration", "seconds": 1}}
-            )
+            return web.json_response({"text": " fake", "usage": {"type": "duration", "seconds": 1}})
         if mode == "slow":
             await asyncio.sleep(delay)
             return web.json_response(
@@ -52,8 +50,14 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
             await asyncio.sleep(10**6)
         if mode == "error500":
             return web.json_response(
-                {"error": {"message": "fake failure", "type": "InternalServerError",
-                           "param": None, "code": 500}},
+                {
+                    "error": {
+                        "message": "fake failure",
+                        "type": "InternalServerError",
+                        "param": None,
+                        "code": 500,
+                    }
+                },
                 status=500,
             )
         if mode == "garbage":
@@ -89,17 +93,24 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", required=True,
-                   choices=["fast", "slow", "slow_stream", "hang", "error500", "garbage",
-                            "reset_stream"])
+    p.add_argument(
+        "--mode",
+        required=True,
+        choices=["fast", "slow", "slow_stream", "hang", "error500", "garbage", "reset_stream"],
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--delay", type=float, default=17.0)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--chunks", type=int, default=5)
     a = p.parse_args()
-    web.run_app(make_app(a.mode, a.delay, a.interval, a.chunks), host=a.host, port=a.port,
-                print=None, access_log=None)
+    web.run_app(
+        make_app(a.mode, a.delay, a.interval, a.chunks),
+        host=a.host,
+        port=a.port,
+        print=None,
+        access_log=None,
+    )
 
 
 if __name__ == "__main__":

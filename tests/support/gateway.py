@@ -73,15 +73,26 @@ class Gateway:
         assert out.popen is not None
         out.popen.wait(30)
         text = out.log_path.read_text()
-        bootstrap.write_text(text[text.index("{"):])
+        bootstrap.write_text(text[text.index("{") :])
         self.start_envoy_with(bootstrap, wait=wait, extra=extra)
 
-    def start_envoy_with(self, bootstrap: Path, wait: bool = True,
-                         extra: tuple[str, ...] = ()) -> None:
+    def start_envoy_with(
+        self, bootstrap: Path, wait: bool = True, extra: tuple[str, ...] = ()
+    ) -> None:
         self.envoy = Proc(
             "envoy",
-            [ENVOY, "-c", str(bootstrap), "--log-level", "warn", "--drain-time-s", "2",
-             "--base-id", str(free_port() % 60000), *extra],
+            [
+                ENVOY,
+                "-c",
+                str(bootstrap),
+                "--log-level",
+                "warn",
+                "--drain-time-s",
+                "2",
+                "--base-id",
+                str(free_port() % 60000),
+                *extra,
+            ],
             self.workdir / "envoy.log",
         ).start()
         if wait:
@@ -96,8 +107,9 @@ class Gateway:
     def backends(self) -> Any:
         return _get_json(f"{self.admin_url}/backends")
 
-    def wait_backends(self, keys: set[str] | None = None, health: str = "HEALTHY",
-                      timeout: float = 90) -> None:
+    def wait_backends(
+        self, keys: set[str] | None = None, health: str = "HEALTHY", timeout: float = 90
+    ) -> None:
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -147,8 +159,12 @@ def gateway_config(backends: list[dict[str, Any]], **overrides: Any) -> dict[str
         "envoy_admin": {"address": "127.0.0.1", "port": free_port()},
         "xds": {"address": "127.0.0.1", "port": free_port()},
         "admin": {"address": "127.0.0.1", "port": free_port()},
-        "health": {"interval_s": 1.0, "timeout_s": 10.0, "healthy_threshold": 1,
-                   "unhealthy_threshold": 2},
+        "health": {
+            "interval_s": 1.0,
+            "timeout_s": 10.0,
+            "healthy_threshold": 1,
+            "unhealthy_threshold": 2,
+        },
         "backends": backends,
     }
     cfg.update(overrides)

@@ -1,0 +1,105 @@
+"""Session fixtures for the end-to-end tests: a real fleet behind a real gateway.
+
+The backend fixtures (`tiny_url`, `base_url`) come from backend_fixtures and are
+shared with the backend tests, so each model loads once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backend_fixtures import backend_logs, base_url, tiny_url  # noqa: F401 (fixtures)
+from support.gateway import Gateway, gateway_config, start_gateway
+from support.procs import ROOT, Proc, free_port, start_backend, wait_http
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY = "openai/whisper-tiny.en"
+BASE = "openai/whisper-base"
+SMALL = "openai/whisper-small"  # configured, never served: its backend is down
+SLOW = "fake/slow"
+SLOW_STREAM = "fake/slow-stream"
+
+
+def start_fake(log_dir: Path, mode: str, *args: str) -> tuple[Proc, int]:
+    """A FAKE backend for a fault on demand (see tests/support/fake_backend.py)."""
+    port = free_port()
+    proc = Proc(
+        f"fake-{mode}-{port}",
+        [
+            sys.executable,
+            str(ROOT / "tests/support/fake_backend.py"),
+            "--mode",
+            mode,
+            "--port",
+            str(port),
+            *args,
+        ],
+        log_dir / f"fake-{mode}-{port}.log",
+    ).start()
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=20, proc=proc)
+    return proc, port
+
+
+@pytest.fixture(scope="session")
+def tiny2_url(backend_logs: Path) -> Iterator[str]:  # noqa: F811
+    proc, port = start_backend(backend_logs, env={"HF_HUB_OFFLINE": "1"})
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def fakes(backend_logs: Path) -> Iterator[dict[str, int]]:  # noqa: F811
+    procs = {
+        "slow": start_fake(backend_logs, "slow", "--delay", "17"),
+        "slow_stream": start_fake(backend_logs, "slow_stream", "--interval", "1", "--chunks", "18"),
+    }
+    yield {k: port for k, (_, port) in procs.items()}
+    for p, _ in procs.values():
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet(
+    tiny_url: str,
+    tiny2_url: str,
+    base_url: str,  # noqa: F811
+    fakes: dict[str, int],
+) -> dict[str, Any]:
+    return {
+        "tiny": [tiny_url, tiny2_url],
+        "base": [base_url],
+        "dead": f"http://127.0.0.1:{free_port()}",
+        "fakes": fakes,
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory, fleet: dict[str, Any]) -> Iterator[Gateway]:
+    backends: list[dict[str, Any]] = [
+        {"url": u, "models": [TINY], "max_concurrency": 2} for u in fleet["tiny"]
+    ]
+    backends += [{"url": u, "models": [BASE], "max_concurrency": 2} for u in fleet["base"]]
+    backends.append({"url": fleet["dead"], "models": [SMALL]})
+    no_probe = {"enabled": False}
+    backends.append(
+        {"url": f"http://127.0.0.1:{fleet['fakes']['slow']}", "models": [SLOW], "health": no_probe}
+    )
+    backends.append(
+        {
+            "url": f"http://127.0.0.1:{fleet['fakes']['slow_stream']}",
+            "models": [SLOW_STREAM],
+            "health": no_probe,
+        }
+    )
+    cfg = gateway_config(backends)
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"), cfg)
+    healthy = {u.removeprefix("http://") for u in fleet["tiny"] + fleet["base"]}
+    gw.wait_backends(healthy)
+    yield gw
+    gw.stop()
