@@ -228,12 +228,13 @@ class ControlPlane:
         await self.resolve_all()
         if not self.rebuild():
             raise RuntimeError(f"initial snapshot refused: {self.cache.last_refusal}")
-        self._grpc, self.ads = await ads.serve(
-            self.cache, self.config.xds.address, self.config.xds.port
-        )
         self.health_monitor = HealthMonitor(self._on_health_event)
         await self.health_monitor.start()
         await self._on_endpoints_changed()
+        await self._await_first_verdicts()
+        self._grpc, self.ads = await ads.serve(
+            self.cache, self.config.xds.address, self.config.xds.port
+        )
         self._tasks.append(asyncio.create_task(self._resolve_loop()))
         log.info(
             "xDS (ADS) on %s:%d; models: %s",
@@ -241,6 +242,28 @@ class ControlPlane:
             self.config.xds.port,
             ", ".join(self.config.models),
         )
+
+    async def _await_first_verdicts(self) -> None:
+        """Serve xDS only once every endpoint's first probe has decided (bounded).
+
+        A restarted control plane must not tell a serving Envoy that every
+        backend is UNKNOWN (no traffic) while it re-probes: Envoy keeps its last
+        config until we answer.
+        """
+        if self.health_monitor is None:
+            return
+        targets = self.probe_targets()
+        if not targets:
+            return
+        limit = min(max(t.settings.timeout_s for t in targets), 10.0) + 1.5
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        keys = {t.key for t in targets}
+        while loop.time() < deadline:
+            if all(k in self.health for k in keys):
+                return
+            await asyncio.sleep(0.05)
+        log.warning("serving xDS before every first probe decided (%.1f s)", limit)
 
     async def stop(self) -> None:
         for t in self._tasks:

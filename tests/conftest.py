@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backend_fixtures import backend_logs, base_url, tiny_url  # noqa: F401 (fixtures)
+from backend_fixtures import backend_logs, base_url, tiny_url
 from support.gateway import Gateway, gateway_config, start_gateway
 from support.procs import ROOT, Proc, free_port, start_backend, wait_http
 
@@ -47,14 +47,14 @@ def start_fake(log_dir: Path, mode: str, *args: str) -> tuple[Proc, int]:
 
 
 @pytest.fixture(scope="session")
-def tiny2_url(backend_logs: Path) -> Iterator[str]:  # noqa: F811
+def tiny2_url(backend_logs: Path) -> Iterator[str]:
     proc, port = start_backend(backend_logs, env={"HF_HUB_OFFLINE": "1"})
     yield f"http://127.0.0.1:{port}"
     proc.stop()
 
 
 @pytest.fixture(scope="session")
-def fakes(backend_logs: Path) -> Iterator[dict[str, int]]:  # noqa: F811
+def fakes(backend_logs: Path) -> Iterator[dict[str, int]]:
     procs = {
         "slow": start_fake(backend_logs, "slow", "--delay", "17"),
         "slow_stream": start_fake(backend_logs, "slow_stream", "--interval", "1", "--chunks", "18"),
@@ -68,7 +68,7 @@ def fakes(backend_logs: Path) -> Iterator[dict[str, int]]:  # noqa: F811
 def fleet(
     tiny_url: str,
     tiny2_url: str,
-    base_url: str,  # noqa: F811
+    base_url: str,
     fakes: dict[str, int],
 ) -> dict[str, Any]:
     return {

@@ -61,20 +61,7 @@ class Gateway:
 
     def start_envoy(self, wait: bool = True, extra: tuple[str, ...] = ()) -> None:
         self.write_config()
-        bootstrap = self.workdir / "envoy-bootstrap.json"
-        with urllib.request.urlopen(f"{self.admin_url}/healthz", timeout=5):
-            pass
-        out = Proc(
-            "bootstrap",
-            [PYTHON, "-m", "control_plane", "bootstrap", "--config", str(self.config_path)],
-            self.workdir / "bootstrap.log",
-        )
-        out.start()
-        assert out.popen is not None
-        out.popen.wait(30)
-        text = out.log_path.read_text()
-        bootstrap.write_text(text[text.index("{") :])
-        self.start_envoy_with(bootstrap, wait=wait, extra=extra)
+        self.start_envoy_with(write_bootstrap(self), wait=wait, extra=extra)
 
     def start_envoy_with(
         self, bootstrap: Path, wait: bool = True, extra: tuple[str, ...] = ()
@@ -180,3 +167,13 @@ def start_gateway(workdir: Path, config: dict[str, Any]) -> Gateway:
 
 
 __all__ = ["ROOT", "Gateway", "gateway_config", "start_gateway"]
+
+
+def write_bootstrap(gw: Gateway) -> Path:
+    """Envoy's bootstrap from the gateway's config, without a running control plane."""
+    from control_plane.bootstrap import build_bootstrap
+    from control_plane.config import parse_config
+
+    path = gw.workdir / "envoy-bootstrap.json"
+    path.write_text(json.dumps(build_bootstrap(parse_config(gw.config))))
+    return path
