@@ -99,7 +99,7 @@ def test_rule10_listener_waits_for_the_control_plane(tmp_path: Path, fast_fakes:
         g.start_control_plane()
         g.wait_envoy_live(timeout=30)
         g.wait_synced()
-        status, headers, body = transcribe(g, FAST_A)
+        status, _headers, body = transcribe(g, FAST_A)
         assert status == 200, body
         assert json.loads(body)["text"] == " fake"
     finally:
