@@ -2,6 +2,7 @@
 
 Loaded with `pytest_plugins = ["backend_fixtures"]` so one tiny.en and one base
 process serve the whole session (conftest.py belongs to the lead).
+PYTEST_DONT_REWRITE: it holds no asserts, and is imported by several test modules.
 """
 
 from __future__ import annotations

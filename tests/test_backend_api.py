@@ -267,6 +267,9 @@ async def test_models_health_version_metrics(tiny_url: str) -> None:
     assert metric(text, "whisper_backend_requests_total", status="200") >= 1
     assert metric(text, "whisper_backend_audio_seconds_total") > 0
     assert "vllm:num_requests_waiting" in text
+    assert metric(text, "vllm:request_success_total") == metric(
+        text, "whisper_backend_requests_total", status="200"
+    )
     assert "vllm:e2e_request_latency_seconds_bucket" in text
 
 

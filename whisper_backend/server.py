@@ -1,0 +1,344 @@
+"""HTTP routes: vLLM's transcription API over the decode engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from . import __version__
+from .audio import decode
+from .engine import DecodeInfo, DecodeJob, DecodeOptions, Engine, EngineConfig, Segment
+from .errors import ApiError
+from .form import TranscriptionRequest, read_form, validate
+from .formats import (
+    SSE_DONE,
+    Result,
+    StreamIds,
+    render_json,
+    render_srt,
+    render_text,
+    render_verbose,
+    render_vtt,
+    sse_delta,
+    sse_error,
+    sse_usage,
+    usage_seconds,
+)
+from .metrics import Metrics
+from .models import locate
+
+log = logging.getLogger("whisper_backend")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str = "openai/whisper-tiny.en"
+    model_path: str | None = None
+    served_model_name: str | None = None
+    max_file_bytes: int = 25 * 1024 * 1024
+    max_audio_seconds: float = 600.0
+    shutdown_grace: float = 30.0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model
+
+
+@dataclass
+class State:
+    """Mutable per-app state: the engine, metrics and the loading outcome."""
+
+    config: ServerConfig
+    engine: Engine
+    metrics: Metrics
+    languages: frozenset[str]
+    root: str = ""
+    load_error: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+STATE = web.AppKey("state", State)
+
+
+def _languages() -> frozenset[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    app = web.Application()
+    engine = Engine(config.engine)
+    metrics = Metrics(config.name)
+
+    def publish() -> None:
+        metrics.running.set(engine.running)
+        metrics.waiting.set(engine.waiting)
+
+    engine.on_change = publish
+    engine.on_cancelled = metrics.cancelled.inc
+    app[STATE] = State(config, engine, metrics, _languages())
+    app.router.add_post("/v1/audio/transcriptions", _transcriptions)
+    app.router.add_post("/v1/audio/translations", _translations)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/version", _version)
+    app.router.add_get("/metrics", _metrics)
+    app.on_startup.append(_start_loading)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+    app.middlewares.append(_error_middleware)
+    return app
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure, including unknown routes, in the one error shape."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return e.response()
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return ApiError(e.reason, e.status).response()
+
+
+async def _start_loading(app: web.Application) -> None:
+    state = app[STATE]
+
+    async def load() -> None:
+        cfg = state.config
+        try:
+            loc = await asyncio.to_thread(locate, cfg.model, cfg.model_path, cfg.served_model_name)
+            state.root = str(loc.path)
+            await asyncio.to_thread(state.engine.load, loc.path)
+            state.metrics.model_loaded.set(1)
+            log.info("model %s loaded from %s", cfg.name, loc.path)
+        except Exception as e:
+            state.load_error = f"{type(e).__name__}: {e}"
+            log.exception("model %s failed to load", cfg.name)
+
+    app[_LOADER] = asyncio.create_task(load())
+
+
+_LOADER = web.AppKey("loader", asyncio.Task[None])
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """SIGTERM: refuse new work, let in-flight requests finish within the grace period, then
+    end the rest with a clean error (aiohttp's own timeout would cut streams mid-write)."""
+    state = app[STATE]
+    state.engine.close()
+    if not await state.engine.wait_idle(state.config.shutdown_grace):
+        log.warning("grace period over: aborting %d request(s)", state.engine.live)
+        state.engine.abort_all(ApiError("The server is shutting down.", 503))
+        await state.engine.wait_idle(5.0)
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    app[_LOADER].cancel()
+    app[STATE].engine.shutdown()
+
+
+async def _health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.engine.ready:
+        return web.Response(status=200)
+    if state.load_error:
+        return ApiError(f"Model failed to load: {state.load_error}", 503).response()
+    return ApiError("Model is loading or the server is shutting down.", 503).response()
+
+
+async def _version(request: web.Request) -> web.Response:
+    import faster_whisper
+
+    return web.json_response(
+        {"version": __version__, "engine": f"faster-whisper {faster_whisper.__version__}"}
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def _models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    name = state.config.name
+    card = {
+        "id": name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "vllm",
+        "root": state.root or state.config.model,
+        "parent": None,
+        "max_model_len": 448,
+        "permission": [
+            {
+                "id": f"modelperm-{name}",
+                "object": "model_permission",
+                "created": state.created,
+                "allow_create_engine": False,
+                "allow_sampling": True,
+                "allow_logprobs": True,
+                "allow_search_indices": False,
+                "allow_view": True,
+                "allow_fine_tuning": False,
+                "organization": "*",
+                "group": None,
+                "is_blocking": False,
+            }
+        ],
+    }
+    return web.json_response({"object": "list", "data": [card]})
+
+
+async def _transcriptions(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "transcribe")
+
+
+async def _translations(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "translate")
+
+
+async def _handle(request: web.Request, task: str) -> web.StreamResponse:
+    state = request.app[STATE]
+    endpoint = "transcriptions" if task == "transcribe" else "translations"
+    started = time.monotonic()
+    status = 500
+    try:
+        resp = await _serve(request, state, task)
+        status = resp.status
+        return resp
+    except ApiError as e:
+        status = e.status
+        return e.response()
+    except asyncio.CancelledError:
+        status = 499  # client closed the connection (nginx's convention)
+        raise
+    except Exception as e:
+        log.exception("%s failed", endpoint)
+        return ApiError(f"Decoding failed: {type(e).__name__}: {e}", 500).response()
+    finally:
+        state.metrics.request_done(endpoint, status, time.monotonic() - started)
+
+
+async def _serve(request: web.Request, state: State, task: str) -> web.StreamResponse:
+    if state.load_error:
+        raise ApiError(f"Model failed to load: {state.load_error}", 503)
+    state.engine.admit()  # cheap early 503 before reading a large upload
+    form = await read_form(request, state.config.max_file_bytes)
+    req = validate(form, state.config.name, state.languages, state.engine.multilingual, task)
+    audio = await asyncio.to_thread(decode, req.audio, state.config.max_audio_seconds)
+    opts = DecodeOptions(
+        task=task,
+        language=req.language if state.engine.multilingual else "en",
+        prompt=req.prompt,
+        temperature=req.temperature,
+        word_timestamps=req.word_timestamps,
+    )
+    job = state.engine.submit(audio, opts)
+    state.metrics.audio_seconds.inc(audio.size / 16000)
+    if req.stream:
+        return await _stream(request, state, task, req, job)
+    try:
+        result = await _collect(job)
+    finally:
+        job.cancel()
+    return _render(req, result)
+
+
+async def _collect(job: DecodeJob) -> Result:
+    language, duration = "en", 0.0
+    segments: list[Segment] = []
+    async with contextlib.aclosing(job.events()) as events:
+        async for item in events:
+            if isinstance(item, DecodeInfo):
+                language, duration = item.language, item.duration
+            else:
+                segments.append(item)
+    text = "".join(s.text for s in segments)
+    return Result(text, language, duration, tuple(segments))
+
+
+def _render(req: TranscriptionRequest, result: Result) -> web.Response:
+    fmt = req.response_format
+    if fmt == "json":
+        return web.json_response(render_json(result))
+    if fmt == "verbose_json":
+        return web.json_response(render_verbose(result, req.word_timestamps))
+    if fmt == "text":
+        return web.Response(text=render_text(result), content_type="text/plain")
+    if fmt == "srt":
+        return web.Response(text=render_srt(result.segments), content_type="application/x-subrip")
+    return web.Response(text=render_vtt(result.segments), content_type="text/vtt")
+
+
+async def _sse_events(
+    job: DecodeJob, ids: StreamIds, include_usage: bool
+) -> AsyncGenerator[str, None]:
+    """SSE lines: a delta per segment as decoded, finish_reason "stop" closing each 30 s window."""
+    duration = 0.0
+    tokens = 0
+    seek: int | None = None
+    async with contextlib.aclosing(job.events()) as events:
+        async for item in events:
+            if isinstance(item, DecodeInfo):
+                duration = item.duration
+                continue
+            if seek is not None and item.seek != seek:
+                yield sse_delta(ids, "", "stop")
+            seek = item.seek
+            tokens += len(item.tokens)
+            yield sse_delta(ids, item.text)
+    yield sse_delta(ids, "", "stop")
+    if include_usage:
+        yield sse_usage(ids, 0, tokens, usage_seconds(duration))
+
+
+async def _stream(
+    request: web.Request, state: State, task: str, req: TranscriptionRequest, job: DecodeJob
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    ids = StreamIds.new(task, req.model)
+    try:
+        await resp.prepare(request)
+        async with contextlib.aclosing(_sse_events(job, ids, req.stream_include_usage)) as lines:
+            async for line in lines:
+                await resp.write(line.encode())
+        await resp.write(SSE_DONE.encode())
+    except ConnectionError as e:
+        # Client went away (aiohttp raises ClientConnectionResetError, a ConnectionError).
+        job.cancel()
+        log.info("stream client gone: %s", e)
+        return resp
+    except asyncio.CancelledError:
+        job.cancel()
+        await _stream_error(resp, ApiError("The server is shutting down.", 503))
+        raise
+    except ApiError as e:
+        await _stream_error(resp, e)
+    except Exception as e:
+        log.exception("decode failed mid-stream")
+        await _stream_error(resp, ApiError(f"Decoding failed: {type(e).__name__}: {e}", 500))
+    finally:
+        job.cancel()
+    with contextlib.suppress(ConnectionError):
+        await resp.write_eof()
+    return resp
+
+
+async def _stream_error(resp: web.StreamResponse, err: ApiError) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError, asyncio.CancelledError):
+        await resp.write((sse_error(err.body()) + SSE_DONE).encode())
