@@ -30,23 +30,43 @@ local function reply(handle, status, message, param)
   handle:respond({[":status"] = tostring(status), ["content-type"] = "application/json"}, body)
 end
 
+local WINDOW = 1048576
+
+-- 0-based offset of the first `needle` at or after `from`, or nil. Scans the
+-- buffered body in 1 MiB windows: a 25 MB upload is never copied whole into Lua.
+local function find(body, len, needle, from)
+  local pos = from
+  while pos < len do
+    local n = math.min(WINDOW + #needle, len - pos)
+    local i = string.find(body:getBytes(pos, n), needle, 1, true)
+    if i then return pos + i - 1 end
+    if pos + n >= len then return nil end
+    pos = pos + WINDOW
+  end
+  return nil
+end
+
 -- Returns the value of the form field `name`, or nil; walks the parts by
 -- boundary so a file whose bytes contain 'name="model"' cannot fool it.
 local function form_field(body, boundary, name)
+  local len = body:length()
   local delim = "--" .. boundary
-  local s, e = string.find(body, delim, 1, true)
+  local s = find(body, len, delim, 0)
   while s do
-    if string.sub(body, e + 1, e + 2) == "--" then return nil end
-    local head_end = string.find(body, "\r\n\r\n", e + 1, true)
-    if not head_end then return nil end
-    local head = string.sub(body, e + 1, head_end - 1)
-    local ns, ne = string.find(body, "\r\n" .. delim, head_end + 4, true)
-    if not ns then return nil end
+    local after = s + #delim
+    if after + 2 <= len and body:getBytes(after, 2) == "--" then return nil end
+    local head_end = find(body, len, "\r\n\r\n", after)
+    if not head_end or head_end - after > 16384 then return nil end
+    local head = body:getBytes(after, head_end - after)
+    local value_start = head_end + 4
+    local next_s = find(body, len, "\r\n" .. delim, value_start)
+    if not next_s then return nil end
     local field = head:match('[;%s]name="([^"]*)"') or head:match("[;%s]name=([^;%s]+)")
     if field == name then
-      return string.sub(body, head_end + 4, ns - 1)
+      if next_s - value_start > 4096 then return nil end
+      return body:getBytes(value_start, next_s - value_start)
     end
-    s, e = ns + 2, ne
+    s = next_s + 2
   end
   return nil
 end
@@ -71,7 +91,7 @@ function envoy_on_request(handle)
     reply(handle, 400, "the request has no body: send a multipart form with 'file' and 'model'", "file")
     return
   end
-  local model = form_field(body:getBytes(0, body:length()), boundary, "model")
+  local model = form_field(body, boundary, "model")
   if model == nil then
     reply(handle, 400, "you must provide a model parameter (available models: " .. MODEL_LIST .. ")", "model")
     return
