@@ -10,12 +10,14 @@ health_status. Public API:
     await monitor.close()
 """
 
+from health.load import BackendLoad, fetch_load, parse_load
 from health.monitor import HealthMonitor, OnEvent
 from health.probe import ProbeResult, load_clip, probe_model, probe_target
 from health.settings import HealthSettings, ProbeTarget, default_clip_path
 from health.state import HealthEvent, HealthStatus, TargetState, apply_result, next_status
 
 __all__ = [
+    "BackendLoad",
     "HealthEvent",
     "HealthMonitor",
     "HealthSettings",
@@ -26,8 +28,10 @@ __all__ = [
     "TargetState",
     "apply_result",
     "default_clip_path",
+    "fetch_load",
     "load_clip",
     "next_status",
+    "parse_load",
     "probe_model",
     "probe_target",
 ]

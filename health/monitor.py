@@ -2,6 +2,13 @@
 
 No threads: every target's loop runs on the caller's event loop, so a hanging
 backend only ever occupies its own task and never delays the others.
+
+Busy is not broken: after every passing probe, and after a probe that timed out or
+got 503/429, the loop also GETs the target's /metrics (health.load) and remembers
+the progress counter (finished requests). A timeout/503/429 while that counter moved
+since the previous reading and requests are in flight is recorded as BUSY, which
+leaves the status alone; a still counter, nothing in flight or unreachable metrics
+leave it an ordinary soft failure. Other failures read no metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from health.load import METRICS_TIMEOUT_S, fetch_load, judge
 from health.probe import ProbeResult, load_clip, probe_target
 from health.settings import ProbeTarget
 from health.state import HealthEvent, HealthStatus, TargetState, apply_result
@@ -38,6 +46,8 @@ class _Runner:
     state: TargetState = field(default_factory=TargetState)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    #: Progress counter (finished requests) at the last /metrics reading, None if none yet.
+    progress: float | None = None
 
 
 class HealthMonitor:
@@ -134,6 +144,8 @@ class HealthMonitor:
                     continue
                 state = old.state if old is not None else TargetState()
                 runner = _Runner(target=target, clip=clips[key], state=state)
+                if old is not None and old.target.base_url == target.base_url:
+                    runner.progress = old.progress
                 self._runners[key] = runner
                 if self._started:
                     self._launch(runner, first=True)
@@ -176,7 +188,8 @@ class HealthMonitor:
             was = runner.state.status
             result = await self._probe(runner)
             self._record(runner, result)
-            if not result.ok and was is HealthStatus.HEALTHY and runner.state.status is was:
+            failed = not result.ok and not result.busy
+            if failed and was is HealthStatus.HEALTHY and runner.state.status is was:
                 delay = self._jittered(s.recheck_s, s.jitter)  # confirm a failure fast
             else:
                 delay = self._jittered(s.interval_s, s.jitter)
@@ -193,12 +206,30 @@ class HealthMonitor:
     async def _probe(self, runner: _Runner) -> ProbeResult:
         assert self._session is not None
         try:
-            return await probe_target(self._session, runner.target, runner.clip)
+            result = await probe_target(self._session, runner.target, runner.clip)
+            if result.ok or (result.overload and not result.hard):
+                return await self._check_progress(runner, result)
+            return result
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in probing must not kill the loop
             log.exception("probe of %s crashed", runner.target.key)
             return ProbeResult(ok=False, hard=False, latency_ms=0.0, error=f"probe crashed: {exc}")
+
+    async def _check_progress(self, runner: _Runner, result: ProbeResult) -> ProbeResult:
+        """Read /metrics: refresh the progress baseline, and judge an overload failure."""
+        assert self._session is not None
+        t = runner.target
+        load = await fetch_load(
+            self._session,
+            t.base_url,
+            api_key=t.api_key,
+            timeout_s=min(METRICS_TIMEOUT_S, t.settings.timeout_s),
+        )
+        judged = judge(result, runner.progress, load)
+        if load is not None and load.finished is not None:
+            runner.progress = load.finished
+        return judged
 
     def _record(self, runner: _Runner, result: ProbeResult) -> None:
         now = self._clock()

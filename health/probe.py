@@ -4,8 +4,10 @@ A 2xx alone proves little (a wedged model server can still answer /health), so w
 send speech and check the JSON `text`, optionally for an expected word. Failures
 are split in two: *hard* (nothing listens any more: refused, reset, DNS) and
 *soft* (timeout, non-2xx, bad body, wrong words). The state machine ejects on one
-hard failure but needs several soft ones, so a slow backend is not ejected for
-being slow.
+hard failure but needs several soft ones. Soft failures that a busy backend also
+produces (timeout, HTTP 503/429) are flagged `overload`: the monitor then reads the
+backend's /metrics (health.load) and, if it is making progress, records the probe as
+`busy` instead of failed, so a busy backend is never ejected for being slow.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import functools
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +26,8 @@ import aiohttp
 from health.settings import ProbeTarget
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+#: Answers a backend gives when its queue is full ("retry later"): maybe busy, not broken.
+OVERLOAD_STATUSES = frozenset({429, 503})
 #: Bodies larger than this are not a probe answer; don't read megabytes from a confused server.
 MAX_BODY_BYTES = 1 << 20
 _MAX_ERROR_SNIPPET = 200
@@ -39,7 +43,10 @@ class ProbeResult:
     """What one probe of one target found.
 
     `hard` is only meaningful when `ok` is False. `model` names the model whose
-    probe failed (or the last one probed when all passed).
+    probe failed (or the last one probed when all passed). `overload` marks a soft
+    failure a busy backend also produces (timeout, HTTP 503/429). `busy` (set by the
+    monitor, with ok False) means the backend was found making progress: neither a
+    pass nor a failure, the state machine leaves status and streaks alone.
     """
 
     ok: bool
@@ -48,6 +55,8 @@ class ProbeResult:
     error: str | None = None
     text: str | None = None
     model: str | None = None
+    overload: bool = False
+    busy: bool = False
 
 
 @functools.lru_cache(maxsize=16)
@@ -112,7 +121,11 @@ async def probe_model(
     started = time.monotonic()
 
     def result(
-        ok: bool, hard: bool = False, error: str | None = None, text: str | None = None
+        ok: bool,
+        hard: bool = False,
+        error: str | None = None,
+        text: str | None = None,
+        overload: bool = False,
     ) -> ProbeResult:
         return ProbeResult(
             ok=ok,
@@ -121,6 +134,7 @@ async def probe_model(
             error=None if error is None else f"{model}: {error}",
             text=text,
             model=model,
+            overload=overload,
         )
 
     try:
@@ -136,14 +150,16 @@ async def probe_model(
     except asyncio.CancelledError:
         raise
     except TimeoutError:
-        return result(False, error=f"timeout after {timeout_s:g}s")
+        return result(False, error=f"timeout after {timeout_s:g}s", overload=True)
     except Exception as exc:  # anything else from aiohttp / the OS
         hard = is_hard_failure(exc)
         kind = "hard" if hard else "soft"
         return result(False, hard=hard, error=f"{kind} error {type(exc).__name__}: {exc}")
 
     if not 200 <= status < 300:
-        return result(False, error=f"HTTP {status}: {_snippet(body)}")
+        return result(
+            False, error=f"HTTP {status}: {_snippet(body)}", overload=status in OVERLOAD_STATUSES
+        )
     try:
         payload = json.loads(body)
     except ValueError:
@@ -184,11 +200,4 @@ async def probe_target(
         if not last.ok:
             break
     assert last is not None  # ProbeTarget refuses an empty model list
-    return ProbeResult(
-        ok=last.ok,
-        hard=last.hard,
-        latency_ms=total_ms,
-        error=last.error,
-        text=last.text,
-        model=last.model,
-    )
+    return replace(last, latency_ms=total_ms)

@@ -46,6 +46,8 @@ class TargetState:
     last_transcript: str | None = None
     probes_total: int = 0
     failures_total: int = 0
+    #: Probes that timed out or got 503/429 from a backend found making progress.
+    busy_total: int = 0
     last_change_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +91,20 @@ def apply_result(
     """Fold one probe result into the state.
 
     Returns the new state and, if the status changed, the reason for the event.
+    A busy result (backend slow but progressing) is neither a pass nor a failure:
+    status and consecutive counters stay as they are; it counts in probes_total and
+    busy_total, and its explanation goes to last_error.
     """
+    if result.busy and not result.ok:
+        busy = replace(
+            state,
+            last_probe_at=now,
+            last_latency_ms=result.latency_ms,
+            last_error=result.error,
+            probes_total=state.probes_total + 1,
+            busy_total=state.busy_total + 1,
+        )
+        return busy, None
     if result.ok:
         passes, fails = state.consecutive_passes + 1, 0
     else:

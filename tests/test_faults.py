@@ -17,13 +17,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support import netns
 from support.gateway import Gateway, gateway_config, start_gateway
 from support.load import LONG_CLIP, Outcomes, one_request, run_load
 from support.procs import ROOT, Proc, free_port, start_backend, wait_http
 
 TINY = "openai/whisper-tiny.en"
-HEALTH = {"interval_s": 0.5, "timeout_s": 3.0, "healthy_threshold": 2,
-          "unhealthy_threshold": 2}
+HEALTH = {"interval_s": 0.5, "timeout_s": 3.0, "healthy_threshold": 2, "unhealthy_threshold": 2}
 
 
 class Fleet:
@@ -35,8 +35,7 @@ class Fleet:
         self.procs: list[Proc | None] = [None, None]
 
     def start(self, i: int) -> None:
-        proc, _ = start_backend(self.log_dir, port=self.ports[i],
-                                env={"HF_HUB_OFFLINE": "1"})
+        proc, _ = start_backend(self.log_dir, port=self.ports[i], env={"HF_HUB_OFFLINE": "1"})
         self.procs[i] = proc
 
     def ensure(self) -> None:
@@ -71,8 +70,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def _backend(port: int) -> dict[str, Any]:
-    return {"url": f"http://127.0.0.1:{port}", "models": [TINY], "max_concurrency": 2,
-            "health": HEALTH}
+    return {
+        "url": f"http://127.0.0.1:{port}",
+        "models": [TINY],
+        "max_concurrency": 2,
+        "health": HEALTH,
+    }
 
 
 def _gateway(tmp_path: Path, backends: list[dict[str, Any]]) -> Gateway:
@@ -127,9 +130,10 @@ def test_backend_killed_while_streaming(gw: Gateway, fleet: Fleet) -> None:
             data.add_field("stream", "true")
             data.add_field("file", LONG_CLIP.read_bytes(), filename="long.ogg")
             outcome = "hang"
-            async with asyncio.timeout(60), s.post(
-                gw.url + "/v1/audio/transcriptions", data=data
-            ) as r:
+            async with (
+                asyncio.timeout(60),
+                s.post(gw.url + "/v1/audio/transcriptions", data=data) as r,
+            ):
                 victim = r.headers["x-gateway-backend"]
                 await r.content.readline()  # the stream has started
                 fleet.kill(fleet.ports.index(int(victim.rsplit(":", 1)[1])))
@@ -166,9 +170,18 @@ def test_backend_frozen_with_sigstop(gw: Gateway, fleet: Fleet) -> None:
 
 def _fake(tmp_path: Path, mode: str) -> tuple[Proc, int]:
     port = free_port()
-    proc = Proc(f"fake-{mode}", [sys.executable, str(ROOT / "tests/support/fake_backend.py"),
-                                 "--mode", mode, "--port", str(port)],
-                tmp_path / f"fake-{mode}.log").start()
+    proc = Proc(
+        f"fake-{mode}",
+        [
+            sys.executable,
+            str(ROOT / "tests/support/fake_backend.py"),
+            "--mode",
+            mode,
+            "--port",
+            str(port),
+        ],
+        tmp_path / f"fake-{mode}.log",
+    ).start()
     wait_http(f"http://127.0.0.1:{port}/health", 20, proc)
     return proc, port
 
@@ -242,3 +255,51 @@ def test_draining_backend_finishes_its_stream_and_gets_no_new_requests(
     assert during.counts["ok"] == 6, during
     assert victim not in during.backends  # no new request went to the draining one
     assert health_of(gw, victim) == "DRAINING"
+
+
+@pytest.mark.skipif(not netns.available(), reason="needs root and iproute2 for ip netns")
+@pytest.mark.parametrize("fault", ["link_down", "drop_packets"])
+def test_backend_cut_off_by_the_network(tmp_path: Path, fleet: Fleet, fault: str) -> None:
+    """A backend in its own namespace; its link pulled, or its packets dropped."""
+    fleet.ensure()
+    with netns.netns_host(1 if fault == "link_down" else 2) as host:
+        port = free_port()
+        far = Proc(
+            f"backend-ns-{port}",
+            [
+                *host.exec_prefix(),
+                sys.executable,
+                "-m",
+                "whisper_backend",
+                "--model",
+                TINY,
+                "--host",
+                host.address,
+                "--port",
+                str(port),
+            ],
+            tmp_path / "backend-ns.log",
+            env={"HF_HUB_OFFLINE": "1"},
+        ).start()
+        g = _gateway(
+            tmp_path / "gw",
+            [_backend(fleet.ports[0]), {**_backend(port), "url": f"http://{host.address}:{port}"}],
+        )
+        far_key = f"{host.address}:{port}"
+        try:
+            wait_http(f"http://{far_key}/health", 120, far)
+            g.wait_backends({fleet.key(0), far_key})
+            getattr(host, fault)()
+            out = asyncio.run(run_load(g.url, TINY, total=12, concurrency=3, deadline_s=40))
+            assert_accounted(out, 12)
+            # Sent before the cut was noticed: retried, or a clear error (504 at the
+            # idle timeout for a request stuck on the silent link); never a hang.
+            assert out.counts["ok"] + out.counts["clear_error"] == 12, out
+            wait_health(g, far_key, "UNHEALTHY")
+            after = asyncio.run(run_load(g.url, TINY, total=6, concurrency=2))
+            assert after.counts["ok"] == 6 and far_key not in after.backends, after
+            getattr(host, "link_up" if fault == "link_down" else "restore_packets")()
+            wait_health(g, far_key, "HEALTHY", timeout=60)
+        finally:
+            g.stop()
+            far.stop()

@@ -1,8 +1,8 @@
 """Probes and the monitor against fake Whisper servers (in-process aiohttp, 127.0.0.1).
 
-The fakes exist only to produce faults on demand (500, garbage, hang, wrong words,
-reset, nothing listening). Tests assert behaviour by ordering and counts, never by
-wall-clock thresholds.
+The fakes exist only to produce faults on demand (500, 503/429, garbage, hang, wrong
+words, reset, nothing listening, /metrics that progress or stand still). Tests assert
+behaviour by ordering and counts, never by wall-clock thresholds.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from aiohttp import web
 
 # Submodule imports: they work whether or not the editable install sees `health` as a
 # regular package yet (it was installed before health/__init__.py existed).
+from health.load import BackendLoad, fetch_load, judge, parse_load
 from health.monitor import HealthMonitor
 from health.probe import ProbeResult, probe_model, probe_target
 from health.settings import HealthSettings, ProbeTarget
@@ -53,11 +54,20 @@ FAST = HealthSettings(
 class FakeWhisper:
     """A fake transcription server whose behaviour (`mode`) can be switched mid-test.
 
-    Modes: ok, 500, garbage, no_text, hang, wrong_text, reset. `models` limits the
-    models it serves (404 for others); `require_key` demands that bearer token.
+    Modes: ok, 500, 503, 429 (both "queue full" with Retry-After), garbage, no_text,
+    hang, wrong_text, reset. `models` limits the models it serves (404 for others);
+    `require_key` demands that bearer token.
+
+    `metrics` sets what GET /metrics shows: none (404), progress (finished-requests
+    counter grows on every call, requests running and waiting), still (counter never
+    moves, one request running), idle (counter grows, nothing in flight), hang (never
+    answers).
     """
 
     mode: str = "ok"
+    metrics: str = "none"
+    finished: int = 0
+    metrics_calls: int = 0
     models: tuple[str, ...] = (MODEL,)
     require_key: str | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -77,6 +87,7 @@ class FakeWhisper:
     async def start(self) -> FakeWhisper:
         app = web.Application()
         app.router.add_post("/v1/audio/transcriptions", self.handle)
+        app.router.add_get("/metrics", self.handle_metrics)
         self.runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port)
@@ -115,6 +126,13 @@ class FakeWhisper:
             return web.json_response({"text": TRANSCRIPT, "usage": {"seconds": 4}})
         if self.mode == "500":
             return web.json_response({"error": {"message": "boom", "code": 500}}, status=500)
+        if self.mode in ("503", "429"):
+            status = int(self.mode)
+            return web.json_response(
+                {"error": {"message": "The server is busy, retry later.", "code": status}},
+                status=status,
+                headers={"Retry-After": "1"},
+            )
         if self.mode == "garbage":
             return web.Response(body=b"\x00\xffnot json at all", content_type="text/plain")
         if self.mode == "no_text":
@@ -130,6 +148,34 @@ class FakeWhisper:
             await asyncio.sleep(0.05)
             return web.Response()
         raise AssertionError(f"unknown fake mode {self.mode}")
+
+    async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
+        self.metrics_calls += 1
+        if self.metrics == "none":
+            raise web.HTTPNotFound()
+        if self.metrics == "hang":
+            await self.release.wait()
+            raise web.HTTPNotFound()
+        running, waiting = {"progress": (2, 3), "still": (1, 0), "idle": (0, 0)}[self.metrics]
+        if self.metrics != "still":
+            self.finished += 1
+        # Two label sets, split unevenly: the reader must sum them.
+        a, b = self.finished // 2, self.finished - self.finished // 2
+        text = f"""\
+# HELP vllm:num_requests_running Requests being decoded now.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{{model_name="{MODEL}"}} {running}.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{{model_name="{MODEL}"}} {waiting}.0
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_bucket{{le="1.0",model_name="a"}} {a}.0
+vllm:e2e_request_latency_seconds_bucket{{le="+Inf",model_name="a"}} {a}.0
+vllm:e2e_request_latency_seconds_count{{model_name="a"}} {a}.0
+vllm:e2e_request_latency_seconds_sum{{model_name="a"}} {a * 0.5}
+vllm:e2e_request_latency_seconds_count{{model_name="b"}} {b}.0
+vllm:e2e_request_latency_seconds_sum{{model_name="b"}} {b * 0.5}
+"""
+        return web.Response(text=text, content_type="text/plain")
 
 
 FakeFactory = Callable[..., Awaitable[FakeWhisper]]
@@ -173,6 +219,24 @@ async def fake_whisper_hang(fake_whisper: FakeFactory) -> FakeWhisper:
 @pytest.fixture
 async def fake_whisper_wrong_text(fake_whisper: FakeFactory) -> FakeWhisper:
     return await fake_whisper(mode="wrong_text")
+
+
+@pytest.fixture
+async def fake_whisper_busy(fake_whisper: FakeFactory) -> FakeWhisper:
+    """Answers probes after the timeout (queue of client work) but keeps finishing requests.
+
+    Starts in mode "ok" so a test gets its HEALTHY first; switch `mode` to "hang".
+    """
+    return await fake_whisper(mode="ok", metrics="progress")
+
+
+@pytest.fixture
+async def fake_whisper_stuck(fake_whisper: FakeFactory) -> FakeWhisper:
+    """A hung decoder behind a live event loop: /metrics answers, its counter never moves.
+
+    Starts in mode "ok"; switch `mode` to "hang".
+    """
+    return await fake_whisper(mode="ok", metrics="still")
 
 
 @pytest.fixture
@@ -641,3 +705,196 @@ def test_jitter_spreads_intervals() -> None:
     assert all(0.9 <= d <= 1.1 for d in delays)
     assert len(set(delays)) > 100  # not aligned
     assert mon._jittered(1.0, 0.0) == 1.0
+
+
+# --------------------------------------------------------------------------------------
+# Busy or stuck: /metrics progress turns a slow answer into BUSY, not a failure
+# --------------------------------------------------------------------------------------
+
+# Probes time out fast here; /metrics gets min(2 s, timeout_s).
+SLOW = replace(FAST, timeout_s=0.15)
+
+
+def busy_target(fake: FakeWhisper) -> ProbeTarget:
+    return target(fake, SLOW)
+
+
+@pytest.mark.parametrize(
+    "mode,overload", [("hang", True), ("503", True), ("429", True), ("500", False)]
+)
+async def test_probe_flags_overload_like_failures(
+    session: aiohttp.ClientSession,
+    fake_whisper: FakeFactory,
+    clip: bytes,
+    mode: str,
+    overload: bool,
+) -> None:
+    fake = await fake_whisper(mode=mode)
+    r = await probe_target(session, target(fake, SLOW), clip)
+    assert not r.ok and not r.hard and not r.busy
+    assert r.overload is overload, r.error
+
+
+async def test_probe_ok_and_hard_are_not_overload(
+    session: aiohttp.ClientSession, fake_whisper_ok: FakeWhisper, closed_port_url: str, clip: bytes
+) -> None:
+    assert not (await probe_model(session, fake_whisper_ok.url, MODEL, clip)).overload
+    r = await probe_model(session, closed_port_url, MODEL, clip)
+    assert r.hard and not r.overload
+
+
+def test_parse_load_sums_label_sets_and_falls_back() -> None:
+    text = """\
+# HELP vllm:e2e_request_latency_seconds_count is not a sample
+vllm:e2e_request_latency_seconds_count{model_name="a"} 3.0
+vllm:e2e_request_latency_seconds_count{model_name="b",x="odd } \\" label"} 4 1700000000
+vllm:e2e_request_latency_seconds_bucket{le="+Inf",model_name="a"} 3.0
+vllm:e2e_request_latency_seconds_sum{model_name="a"} 99
+vllm:request_success_total{finished_reason="stop"} 1000
+vllm:num_requests_running{model_name="a"} 2
+vllm:num_requests_running{model_name="b"} 1
+vllm:num_requests_waiting{model_name="a"} NaN
+vllm:num_requests_waiting{model_name="b"} 4
+garbage line {
+"""
+    assert parse_load(text) == BackendLoad(finished=7.0, in_flight=7.0)
+    vllm_only = 'vllm:request_success_total{finished_reason="stop"} 5\n' + (
+        'vllm:request_success_total{finished_reason="length"} 2\n'
+    )
+    assert parse_load(vllm_only) == BackendLoad(finished=7.0, in_flight=0.0)
+    assert parse_load("# nothing\nother_metric 1\n") == BackendLoad(finished=None, in_flight=0.0)
+
+
+def test_judge_busy_only_with_progress_and_work_in_flight() -> None:
+    timeout = ProbeResult(
+        ok=False,
+        hard=False,
+        latency_ms=150.0,
+        error="m: timeout after 0.15s",
+        model="m",
+        overload=True,
+    )
+    load = BackendLoad(finished=12.0, in_flight=5.0)
+    busy = judge(timeout, 10.0, load)
+    assert busy.busy and not busy.ok
+    assert busy.error == (
+        "busy: timeout after 0.15s while 5 requests in flight and 2 finished since last probe"
+    )
+    assert not judge(timeout, None, load).busy  # no baseline yet
+    assert not judge(timeout, 12.0, load).busy  # counter still
+    assert not judge(timeout, 20.0, load).busy  # counter went down: restarted, not progress
+    assert not judge(timeout, 10.0, None).busy  # /metrics unreachable
+    assert not judge(timeout, 10.0, BackendLoad(finished=12.0, in_flight=0.0)).busy
+    assert not judge(timeout, 10.0, BackendLoad(finished=None, in_flight=5.0)).busy
+    not_overload = replace(timeout, overload=False, error="m: HTTP 500: boom")
+    assert judge(not_overload, 10.0, load) == not_overload
+    hard = replace(timeout, hard=True)
+    assert judge(hard, 10.0, load) == hard
+
+
+@pytest.mark.parametrize("metrics", ["progress", "none", "hang"])
+async def test_fetch_load(
+    session: aiohttp.ClientSession, fake_whisper: FakeFactory, metrics: str
+) -> None:
+    fake = await fake_whisper(metrics=metrics)
+    load = await fetch_load(session, fake.url, timeout_s=0.15)
+    if metrics == "progress":
+        assert load == BackendLoad(finished=1.0, in_flight=5.0)
+    else:
+        assert load is None
+    assert fake.metrics_calls == 1
+
+
+async def test_fetch_load_nothing_listening(
+    session: aiohttp.ClientSession, closed_port_url: str
+) -> None:
+    assert await fetch_load(session, closed_port_url) is None
+
+
+async def test_busy_backend_stays_healthy_until_it_stops_progressing(
+    monitor: tuple[HealthMonitor, Recorder], fake_whisper_busy: FakeWhisper
+) -> None:
+    mon, rec = monitor
+    fake = fake_whisper_busy
+    t = busy_target(fake)
+    await mon.set_targets([t])
+    assert (await rec.next()).status is H
+    fake.mode = "hang"  # every probe now times out, but requests keep finishing
+    await wait_until(lambda: mon.snapshot()[t.key].busy_total >= 2 * SLOW.unhealthy_threshold)
+    st = mon.snapshot()[t.key]
+    assert st.status is H and rec.events[1:] == []
+    assert st.consecutive_fails == 0 and st.failures_total == 0
+    assert (st.last_error or "").startswith("busy: timeout after 0.15s while 5 requests")
+    assert st.to_dict()["busy_total"] == st.busy_total
+    # Progress stops (decoder hung, event loop alive): ejected after the threshold.
+    fake.metrics = "still"
+    ev = await rec.next()
+    assert ev.status is U and ev.reason.startswith("3 consecutive failures"), ev.reason
+    assert "timeout" in ev.reason
+    assert rec.of(t.key) == [H, U]
+
+
+async def test_stuck_backend_is_ejected_after_threshold(
+    monitor: tuple[HealthMonitor, Recorder], fake_whisper_stuck: FakeWhisper
+) -> None:
+    mon, rec = monitor
+    t = busy_target(fake_whisper_stuck)
+    await mon.set_targets([t])
+    assert (await rec.next()).status is H
+    fake_whisper_stuck.mode = "hang"
+    ev = await rec.next()
+    assert ev.status is U and ev.reason.startswith("3 consecutive failures"), ev.reason
+    st = mon.snapshot()[t.key]
+    assert st.busy_total == 0 and st.failures_total == 3
+
+
+@pytest.mark.parametrize(
+    "mode,metrics,busy",
+    [
+        ("503", "progress", True),  # queue full, Retry-After, requests finishing: busy
+        ("429", "progress", True),
+        ("503", "still", False),  # queue full and nothing finishes: failing
+        ("hang", "idle", False),  # counter moves but nothing in flight: not busy
+        ("hang", "none", False),  # no /metrics (404): ordinary failure
+        ("hang", "hang", False),  # /metrics unreachable (times out): ordinary failure
+        ("500", "progress", False),  # a 500 is broken, whatever the metrics say
+    ],
+)
+async def test_busy_or_failing(
+    monitor: tuple[HealthMonitor, Recorder],
+    fake_whisper: FakeFactory,
+    mode: str,
+    metrics: str,
+    busy: bool,
+) -> None:
+    mon, rec = monitor
+    fake = await fake_whisper(mode="ok", metrics=metrics)
+    t = busy_target(fake)
+    await mon.set_targets([t])
+    assert (await rec.next()).status is H
+    fake.mode = mode
+    if busy:
+        await wait_until(lambda: mon.snapshot()[t.key].busy_total >= 5)
+        st = mon.snapshot()[t.key]
+        assert st.status is H and st.failures_total == 0 and rec.of(t.key) == [H]
+        assert (st.last_error or "").startswith(f"busy: HTTP {mode}")
+    else:
+        ev = await rec.next()
+        assert ev.status is U and ev.reason.startswith("3 consecutive failures"), ev.reason
+        assert mon.snapshot()[t.key].busy_total == 0
+
+
+async def test_busy_backend_that_dies_is_ejected_at_once(
+    monitor: tuple[HealthMonitor, Recorder], fake_whisper_busy: FakeWhisper
+) -> None:
+    mon, rec = monitor
+    t = target(fake_whisper_busy, replace(SLOW, interval_s=30.0, jitter=0.0))
+    await mon.set_targets([t])
+    assert (await rec.next()).status is H
+    fake_whisper_busy.mode = "hang"
+    mon.probe_now(t.key)
+    await wait_until(lambda: mon.snapshot()[t.key].busy_total == 1)
+    await fake_whisper_busy.stop()
+    mon.probe_now(t.key)
+    ev = await rec.next()
+    assert ev.status is U and ev.reason.startswith("hard failure")

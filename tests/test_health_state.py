@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -17,6 +18,16 @@ H, U, K = HealthStatus.HEALTHY, HealthStatus.UNHEALTHY, HealthStatus.UNKNOWN
 PASS = ProbeResult(ok=True, hard=False, latency_ms=12.0, text=" Hello world.", model="m")
 SOFT = ProbeResult(ok=False, hard=False, latency_ms=10000.0, error="m: timeout", model="m")
 HARD = ProbeResult(ok=False, hard=True, latency_ms=1.0, error="m: refused", model="m")
+#: A timeout from a backend whose /metrics showed progress: neither pass nor failure.
+BUSY = ProbeResult(
+    ok=False,
+    hard=False,
+    latency_ms=10000.0,
+    error="busy: timeout after 10s while 4 requests in flight and 3 finished since last probe",
+    model="m",
+    overload=True,
+    busy=True,
+)
 
 SETTINGS = HealthSettings(healthy_threshold=2, unhealthy_threshold=3)
 
@@ -171,6 +182,40 @@ def test_counters_and_last_fields() -> None:
     assert st.last_error is None and st.consecutive_passes == 1
 
 
+@pytest.mark.parametrize("start", ["unknown", "healthy", "unhealthy"])
+def test_busy_keeps_status_and_streaks(start: str) -> None:
+    first = {"unknown": [], "healthy": [PASS], "unhealthy": [HARD]}[start]
+    # Mid-streak in each direction: a soft failure (or pass when unhealthy) before busy.
+    streak = [PASS] if start == "unhealthy" else [SOFT]
+    before, _ = run([*first, *streak])
+    st, events = run([BUSY] * 10, state=before)
+    assert events == []
+    assert st.status is before.status
+    assert st.consecutive_fails == before.consecutive_fails
+    assert st.consecutive_passes == before.consecutive_passes
+    assert st.failures_total == before.failures_total
+    assert st.probes_total == before.probes_total + 10
+    assert st.busy_total == 10
+    assert st.last_error == BUSY.error and st.last_latency_ms == BUSY.latency_ms
+    assert st.last_probe_at == 9.0 and st.last_change_at == before.last_change_at
+
+
+def test_busy_does_not_break_a_failure_streak() -> None:
+    # Busy probes between soft failures neither reset nor advance the count.
+    st, events = run([SOFT, BUSY, BUSY, SOFT, BUSY, SOFT], state=healthy())
+    assert st.status is U and [e[0] for e in events] == [U]
+    assert events[0][1].startswith("3 consecutive failures")
+    # ...nor the pass streak back to HEALTHY.
+    st, events = run([PASS, BUSY, PASS], state=unhealthy())
+    assert st.status is H and events == [(H, "2 consecutive passes")]
+
+
+def test_busy_with_ok_set_is_a_pass() -> None:
+    # busy only means something on a failed probe; ok wins.
+    st, _ = run([replace(PASS, busy=True)], state=healthy())
+    assert st.busy_total == 0 and st.consecutive_passes == 2
+
+
 def test_to_dict_is_json_ready() -> None:
     import json
 
@@ -179,6 +224,7 @@ def test_to_dict_is_json_ready() -> None:
     assert d["status"] == "HEALTHY"
     assert d["consecutive_passes"] == 1
     assert d["last_transcript"] == " Hello world."
+    assert d["busy_total"] == 0
     json.dumps(d)
 
 
