@@ -253,6 +253,7 @@ async def test_silence_gives_no_words(tiny_url: str) -> None:
 
 
 async def test_models_health_version_metrics(tiny_url: str) -> None:
+    assert (await post(tiny_url, form(HELLO)))[0] == 200
     async with aiohttp.ClientSession() as s:
         async with s.get(tiny_url + "/v1/models") as r:
             models = await r.json()

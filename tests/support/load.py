@@ -46,15 +46,21 @@ def _form(model: str, stream: bool, path: Path) -> aiohttp.FormData:
 
 
 async def one_request(
-    session: aiohttp.ClientSession, url: str, model: str, out: Outcomes,
-    stream: bool = False, deadline_s: float = 60.0, path: Path = HELLO,
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    out: Outcomes,
+    stream: bool = False,
+    deadline_s: float = 60.0,
+    path: Path = HELLO,
 ) -> str:
     """Send one transcription; record and return its outcome."""
     outcome = "hang"
     try:
-        async with asyncio.timeout(deadline_s), session.post(
-            f"{url}/v1/audio/transcriptions", data=_form(model, stream, path)
-        ) as r:
+        async with (
+            asyncio.timeout(deadline_s),
+            session.post(f"{url}/v1/audio/transcriptions", data=_form(model, stream, path)) as r,
+        ):
             backend = r.headers.get("x-gateway-backend", "-")
             body = await r.read()
             out.backends[backend] += 1
@@ -90,8 +96,13 @@ async def one_request(
 
 
 async def run_load(
-    url: str, model: str, total: int, concurrency: int = 2, stream: bool = False,
-    deadline_s: float = 60.0, pause_s: float = 0.0,
+    url: str,
+    model: str,
+    total: int,
+    concurrency: int = 2,
+    stream: bool = False,
+    deadline_s: float = 60.0,
+    pause_s: float = 0.0,
 ) -> Outcomes:
     """`total` requests, `concurrency` at a time; bounded in count and time."""
     out = Outcomes()
