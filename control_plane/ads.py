@@ -94,6 +94,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     self.ack_event.set()
                     self.ack_event = asyncio.Event()
                 if resp is not None:
+                    snap = self.cache.snapshot
+                    assert snap is not None
+                    for earlier in stream.flush_before(snap, resp.type_url):
+                        outbox.put_nowait(earlier)
                     outbox.put_nowait(resp)
         except asyncio.CancelledError:
             raise

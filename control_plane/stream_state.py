@@ -195,6 +195,19 @@ class StreamState:
             return self._respond(snap, t)
         return None
 
+    def flush_before(self, snap: Snapshot, type_url: str) -> list[Response]:
+        """Changed types that rule 9 orders before `type_url`, to send ahead of it.
+
+        A request can arrive between a snapshot change and its push; answering
+        it alone would, say, send new routes before the clusters they name.
+        """
+        out = []
+        for earlier in PUSH_ORDER[: PUSH_ORDER.index(type_url)]:
+            t = self.types.get(earlier)
+            if t is not None and t.subscribed and snap.version(earlier) != t.sent_version:
+                out.append(self._respond(snap, t))
+        return out
+
     def on_snapshot(self, snap: Snapshot) -> list[Response]:
         """Push every subscribed type whose content changed, in rule 9's order."""
         out = []

@@ -294,3 +294,16 @@ def test_sync_state_lifecycle() -> None:
     assert d["types"]["CDS"]["last_nack"]["message"] == "no"
     assert d["types"]["EDS"]["state"] == "NOT_SENT"
     assert d["types"]["CDS"]["acked"]["version"] == s.version(CLUSTER)
+
+
+def test_request_racing_a_push_is_answered_after_earlier_types() -> None:
+    """An RDS ACK processed after a snapshot change but before its push must not
+    carry new routes ahead of the clusters they name (rule 9)."""
+    s1 = snap((A, B))
+    st, sent = subscribed(s1)
+    s2 = snap((A, B, "model-c"))
+    r = ack(st, s2, sent[ROUTE])
+    assert r is not None and r.type_url == ROUTE
+    ahead = st.flush_before(s2, ROUTE)
+    assert [x.type_url for x in ahead] == [CLUSTER, ENDPOINT]
+    assert st.on_snapshot(s2) == []  # nothing left for the push
