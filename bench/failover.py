@@ -123,7 +123,7 @@ async def scenario(gw: Gateway, keys: list[str], restart: Any, kill: Any) -> dic
     await asyncio.sleep(2)
     stop_watch.set()
     watched = await watcher
-    kill_window = Outcomes(counts=out.counts.copy())
+    kill_window = Outcomes(counts=out.counts.copy(), errors=list(out.errors))
     t_restart = time.time()
     await asyncio.to_thread(restart)
     t_ready = time.time()

@@ -189,8 +189,11 @@ class HealthMonitor:
             result = await self._probe(runner)
             self._record(runner, result)
             failed = not result.ok and not result.busy
-            if failed and was is HealthStatus.HEALTHY and runner.state.status is was:
+            still = runner.state.status is was
+            if failed and was is HealthStatus.HEALTHY and still:
                 delay = self._jittered(s.recheck_s, s.jitter)  # confirm a failure fast
+            elif result.ok and was is not HealthStatus.HEALTHY and still:
+                delay = self._jittered(s.recheck_s, s.jitter)  # confirm a recovery fast
             else:
                 delay = self._jittered(s.interval_s, s.jitter)
 

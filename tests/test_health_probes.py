@@ -898,3 +898,20 @@ async def test_busy_backend_that_dies_is_ejected_at_once(
     mon.probe_now(t.key)
     ev = await rec.next()
     assert ev.status is U and ev.reason.startswith("hard failure")
+
+
+async def test_recovery_is_confirmed_at_the_recheck_pace_not_the_interval(
+    monitor: tuple[HealthMonitor, Recorder], fake_whisper_ok: FakeWhisper
+) -> None:
+    """After a first pass while UNHEALTHY the next probe comes after fail_interval_s,
+    not interval_s: with a 30 s interval, readmission inside the guard proves it."""
+    slow = replace(FAST, interval_s=30.0, fail_interval_s=0.05, healthy_threshold=3)
+    mon, rec = monitor
+    fake_whisper_ok.mode = "500"
+    t = target(fake_whisper_ok, replace(slow, unhealthy_threshold=1))
+    await mon.set_targets([t])
+    assert (await rec.next()).status is U
+    fake_whisper_ok.mode = "ok"
+    assert mon.probe_now(t.key)  # the first pass; the two confirming ones must follow fast
+    ev = await rec.next(timeout=10)
+    assert ev.status is H and ev.reason == "3 consecutive passes"
