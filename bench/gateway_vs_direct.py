@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support.gateway import gateway_config, start_gateway  # type: ignore[import-not-found]
+from support.gateway import Gateway, gateway_config  # type: ignore[import-not-found]
 from support.procs import Proc, free_port, wait_http  # type: ignore[import-not-found]
 
 from bench._harness import ROOT, rss_kb, write_result
@@ -131,7 +131,9 @@ def main() -> None:
             }
         ],
     )
-    gw = start_gateway(work, cfg)
+    gw = Gateway(work, cfg)
+    gw.start_control_plane()
+    gw.start_envoy(extra=tuple(os.environ.get("BENCH_ENVOY_ARGS", "").split()))
     try:
         gw.wait_synced()
         path = "/v1/audio/transcriptions"

@@ -52,8 +52,10 @@ class HealthConfig:
 class OutlierConfig:
     consecutive_5xx: int = 3
     consecutive_gateway_failure: int = 2
-    interval_s: float = 2.0
-    base_ejection_time_s: float = 10.0
+    interval_s: float = 1.0
+    # Short: the probes decide for the long term; outlier ejection only bridges
+    # the gap between probes, and a restarted backend must not wait it out.
+    base_ejection_time_s: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -316,8 +318,8 @@ def parse_config(data: Any) -> GatewayConfig:
     outlier = OutlierConfig(
         consecutive_5xx=_int(od, "consecutive_5xx", 3, "outlier", 1),
         consecutive_gateway_failure=_int(od, "consecutive_gateway_failure", 2, "outlier", 1),
-        interval_s=_num(od, "interval_s", 2.0, "outlier", 0.1),
-        base_ejection_time_s=_num(od, "base_ejection_time_s", 10.0, "outlier", 0.1),
+        interval_s=_num(od, "interval_s", 1.0, "outlier", 0.1),
+        base_ejection_time_s=_num(od, "base_ejection_time_s", 3.0, "outlier", 0.1),
     )
     health = _health(d.get("health"), "health", HealthConfig())
     raw_backends = d.get("backends")
