@@ -17,7 +17,7 @@ import grpc
 from control_plane import ads
 from control_plane.cache import SnapshotCache
 from control_plane.config import GatewayConfig
-from control_plane.discovery import is_ip, resolve
+from control_plane.discovery import Resolver, is_ip, resolve
 from control_plane.model import EndpointHealth, GatewayModel, build_model, endpoint_key
 from control_plane.resources import build_snapshot, load_lua_template
 from control_plane.snapshot import ROUTE, merge_for_removal
@@ -25,7 +25,6 @@ from health import HealthEvent, HealthMonitor, HealthSettings, HealthStatus, Pro
 
 log = logging.getLogger("control_plane")
 
-RESOLVE_INTERVAL_S = 30.0
 _FROM_PROBE = {
     HealthStatus.UNKNOWN: EndpointHealth.UNKNOWN,
     HealthStatus.HEALTHY: EndpointHealth.HEALTHY,
@@ -48,9 +47,11 @@ class ControlPlane:
         config: GatewayConfig,
         lua_template: str | None = None,
         config_path: str | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
         self.config = config
         self.config_path = config_path
+        self.resolver = resolver
         self.lua_template = lua_template or load_lua_template()
         self.cache = SnapshotCache()
         self.resolved: dict[str, tuple[str, ...]] = {}
@@ -137,7 +138,7 @@ class ControlPlane:
         changed = False
         for b in self.config.backends:
             try:
-                addrs = await resolve(b.host, b.port)
+                addrs = await self.resolver(b.host, b.port)
             except OSError as e:
                 log.warning(
                     "cannot resolve %s: %s (keeping %s)", b.host, e, self.resolved.get(b.url, ())
@@ -149,13 +150,19 @@ class ControlPlane:
         return changed
 
     async def _resolve_loop(self) -> None:
-        if all(is_ip(b.host) for b in self.config.backends):
+        if all(is_ip(b.host) for b in self.config.backends) and self.resolver is resolve:
             return
         while True:
-            await asyncio.sleep(RESOLVE_INTERVAL_S)
-            if await self.resolve_all():
-                self.rebuild()
-                await self._on_endpoints_changed()
+            await asyncio.sleep(self.config.dns_refresh_s)
+            await self.refresh_addresses()
+
+    async def refresh_addresses(self) -> bool:
+        """Re-resolve host names; a changed answer changes EDS and the probe targets."""
+        if not await self.resolve_all():
+            return False
+        self.rebuild()
+        await self._on_endpoints_changed()
+        return True
 
     def probe_targets(self) -> list[ProbeTarget]:
         """One target per resolved address of every backend that is probed."""

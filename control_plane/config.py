@@ -112,6 +112,7 @@ class GatewayConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     backends: tuple[BackendConfig, ...] = ()
     node_id: str = "gateway"
+    dns_refresh_s: float = 30.0  # how often backend host names are re-resolved
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -279,6 +280,7 @@ def parse_config(data: Any) -> GatewayConfig:
             "health",
             "backends",
             "node_id",
+            "dns_refresh_s",
         },
         "",
     )
@@ -353,6 +355,7 @@ def parse_config(data: Any) -> GatewayConfig:
         health=health,
         backends=backends,
         node_id=_str(d, "node_id", "gateway", "") or "gateway",
+        dns_refresh_s=_top_num(d, "dns_refresh_s", 30.0, 1.0),
     )
     ports = {
         "listener": cfg.listener,
@@ -366,6 +369,13 @@ def parse_config(data: Any) -> GatewayConfig:
             raise ConfigError(f"{name}.port", f"same address as {used[(hp.address, hp.port)]}")
         used[(hp.address, hp.port)] = name
     return cfg
+
+
+def _top_num(d: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
+    try:
+        return _num(d, key, default, "", minimum)
+    except ConfigError as e:
+        raise ConfigError(key, e.reason) from None
 
 
 def load_config(path: str | Path) -> GatewayConfig:

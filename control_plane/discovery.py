@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
+
+Resolver = Callable[[str, int], Awaitable[tuple[str, ...]]]
 
 
 def is_ip(host: str) -> bool:
