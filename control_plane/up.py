@@ -55,6 +55,23 @@ async def _wait_http(url: str, timeout: float, proc: asyncio.subprocess.Process)
     return False
 
 
+async def _wait_probed(config: GatewayConfig, timeout: float) -> None:
+    """Until the probes have let every backend in (bounded: a dead one stays out)."""
+    import aiohttp
+
+    url = f"http://{config.admin.address}:{config.admin.port}/backends"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            async with session.get(url) as r:
+                backends = await r.json()
+            if all(b["health"] == "HEALTHY" for b in backends):
+                return
+            await asyncio.sleep(0.2)
+    print("note: not every backend passed its probes yet; see /backends", file=sys.stderr)
+
+
 async def run(config_path: Path, config: GatewayConfig, log_dir: Path) -> int:
     procs: list[tuple[str, asyncio.subprocess.Process]] = []
     stop = asyncio.Event()

@@ -5,6 +5,7 @@ Run as `python tests/support/fake_backend.py --mode MODE --port N`. Modes:
   slow         reads the upload, waits --delay seconds, then answers
   slow_stream  SSE: one chunk every --interval seconds, --chunks of them, then [DONE]
   hang         reads the upload and never answers (the connection stays open)
+  trickle      answers with headers, then stalls forever before the body
   error500     answers 500 in the OpenAI error shape
   garbage      answers 200 with a body that is not JSON
   reset_stream starts an SSE stream, sends two chunks, then drops the connection
@@ -22,6 +23,7 @@ import time
 from aiohttp import web
 
 SEEN: list[dict[str, object]] = []
+IN_FLIGHT = {"now": 0, "max": 0}
 
 
 def _chunk(text: str, finish: str | None = None) -> bytes:
@@ -37,6 +39,14 @@ def _chunk(text: str, finish: str | None = None) -> bytes:
 
 def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Application:
     async def transcribe(request: web.Request) -> web.StreamResponse:
+        IN_FLIGHT["now"] += 1
+        IN_FLIGHT["max"] = max(IN_FLIGHT["max"], IN_FLIGHT["now"])
+        try:
+            return await _transcribe(request)
+        finally:
+            IN_FLIGHT["now"] -= 1
+
+    async def _transcribe(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         SEEN.append({"headers": dict(request.headers), "bytes": len(body), "path": request.path})
         if mode == "fast":
@@ -47,6 +57,11 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
                 {"text": f" slow after {delay:g} s", "usage": {"type": "duration", "seconds": 1}}
             )
         if mode == "hang":
+            await asyncio.sleep(10**6)
+        if mode == "trickle":
+            stalled = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await stalled.prepare(request)
+            await stalled.write(_chunk(" first"))
             await asyncio.sleep(10**6)
         if mode == "error500":
             return web.json_response(
@@ -83,11 +98,15 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
     async def seen(_: web.Request) -> web.Response:
         return web.json_response(SEEN)
 
+    async def in_flight(_: web.Request) -> web.Response:
+        return web.json_response(IN_FLIGHT)
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/audio/transcriptions", transcribe)
     app.router.add_post("/v1/audio/translations", transcribe)
     app.router.add_get("/health", health)
     app.router.add_get("/_fake/requests", seen)
+    app.router.add_get("/_fake/in_flight", in_flight)
     return app
 
 
@@ -96,7 +115,16 @@ def main() -> None:
     p.add_argument(
         "--mode",
         required=True,
-        choices=["fast", "slow", "slow_stream", "hang", "error500", "garbage", "reset_stream"],
+        choices=[
+            "fast",
+            "slow",
+            "slow_stream",
+            "hang",
+            "error500",
+            "garbage",
+            "reset_stream",
+            "trickle",
+        ],
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
