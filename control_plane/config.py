@@ -113,6 +113,9 @@ class GatewayConfig:
     backends: tuple[BackendConfig, ...] = ()
     node_id: str = "gateway"
     dns_refresh_s: float = 30.0  # how often backend host names are re-resolved
+    # Envoy --concurrency. Each worker may open one connection per host even past
+    # the per-host limit, so max_concurrency is exact only with one worker.
+    envoy_workers: int = 1
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -281,6 +284,7 @@ def parse_config(data: Any) -> GatewayConfig:
             "backends",
             "node_id",
             "dns_refresh_s",
+            "envoy_workers",
         },
         "",
     )
@@ -356,6 +360,7 @@ def parse_config(data: Any) -> GatewayConfig:
         backends=backends,
         node_id=_str(d, "node_id", "gateway", "") or "gateway",
         dns_refresh_s=_top_num(d, "dns_refresh_s", 30.0, 1.0),
+        envoy_workers=int(_top_num(d, "envoy_workers", 1, 1)),
     )
     ports = {
         "listener": cfg.listener,

@@ -143,6 +143,8 @@ async def run(config_path: Path, config: GatewayConfig, log_dir: Path) -> int:
                         "warn",
                         "--drain-time-s",
                         f"{config.limits.drain_time_s:g}",
+                        "--concurrency",
+                        str(config.envoy_workers),
                     ],
                     log_dir,
                 ),

@@ -76,6 +76,8 @@ class Gateway:
                 "warn",
                 "--drain-time-s",
                 "2",
+                "--concurrency",
+                str(self.config.get("envoy_workers", 1)),
                 "--base-id",
                 str(free_port() % 60000),
                 *extra,
