@@ -13,9 +13,11 @@ unhealthy 3) so they compare with the reference router probing every 5 s:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -30,6 +32,7 @@ from support.procs import free_port, start_backend  # type: ignore[import-not-fo
 from bench._harness import write_result
 
 TINY = "openai/whisper-tiny.en"
+SETTINGS = {"interval_s": 5.0, "timeout_s": 10.0, "healthy_threshold": 2, "unhealthy_threshold": 3}
 
 
 def get_json(url: str) -> Any:
@@ -157,23 +160,14 @@ async def scenario(gw: Gateway, keys: list[str], restart: Any, kill: Any) -> dic
     }
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+def one_run(work: Path) -> dict[str, Any]:
     ports = [free_port(), free_port()]
     procs = [start_backend(work, port=p, env={"HF_HUB_OFFLINE": "1"})[0] for p in ports]
     backends = [
         {"url": f"http://127.0.0.1:{p}", "models": [TINY], "max_concurrency": 2} for p in ports
     ]
-    cfg = gateway_config(
-        backends,
-        health={
-            "interval_s": 5.0,
-            "timeout_s": 10.0,
-            "healthy_threshold": 2,
-            "unhealthy_threshold": 3,
-        },
-    )
-    gw = start_gateway(work, cfg)
+    cfg = gateway_config(backends, health=dict(SETTINGS))
+    gw = start_gateway(work / f"gw-{ports[0]}", cfg)
     keys = [f"127.0.0.1:{p}" for p in ports]
 
     def kill() -> None:
@@ -184,15 +178,43 @@ def main() -> None:
 
     try:
         gw.wait_backends(set(keys))
-        result = asyncio.run(scenario(gw, keys, restart, kill))
+        return asyncio.run(scenario(gw, keys, restart, kill))
     finally:
         gw.stop()
         for p in procs:
             p.stop()
-    result["settings"] = cfg["health"]
-    result["reference_router"] = {"remove_killed_s": 5.2, "readmit_s": 4.3, "interval_s": 5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+    runs = [one_run(work) for _ in range(args.runs)]
+    keys = [
+        "kill_to_last_request_sent_s",
+        "kill_to_envoy_flagged_s",
+        "kill_to_probe_verdict_s",
+        "restart_to_first_served_s",
+        "backend_ready_to_first_served_s",
+        "readmitted_at_probe_s",
+    ]
+    median = {k: statistics.median(r[k] for r in runs if r[k] is not None) for k in keys}
+    acks = [v for r in runs for v in r["decision_to_eds_ack_ms"].values() if v is not None]
+    median["decision_to_eds_ack_ms"] = statistics.median(acks) if acks else None
+    failed = sum(n for r in runs for k, n in r["client_outcomes_during_kill"].items() if k != "ok")
+    result = {
+        "runs": runs,
+        "median": median,
+        "client_failures_during_kill_total": failed,
+        "requests_during_kill_total": sum(
+            sum(r["client_outcomes_during_kill"].values()) for r in runs
+        ),
+        "settings": SETTINGS,
+        "reference_router": {"remove_killed_s": 5.2, "readmit_s": 4.3, "interval_s": 5},
+    }
     path = write_result("failover", result)
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     print(f"written: {path}")
 
 
