@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from backend_fixtures import backend_logs, base_url, tiny_url
 from support.gateway import Gateway, gateway_config, start_gateway
-from support.procs import ROOT, Proc, free_port, start_backend, wait_http
+from support.procs import free_port, start_backend, start_fake
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -24,26 +24,6 @@ BASE = "openai/whisper-base"
 SMALL = "openai/whisper-small"  # configured, never served: its backend is down
 SLOW = "fake/slow"
 SLOW_STREAM = "fake/slow-stream"
-
-
-def start_fake(log_dir: Path, mode: str, *args: str) -> tuple[Proc, int]:
-    """A FAKE backend for a fault on demand (see tests/support/fake_backend.py)."""
-    port = free_port()
-    proc = Proc(
-        f"fake-{mode}-{port}",
-        [
-            sys.executable,
-            str(ROOT / "tests/support/fake_backend.py"),
-            "--mode",
-            mode,
-            "--port",
-            str(port),
-            *args,
-        ],
-        log_dir / f"fake-{mode}-{port}.log",
-    ).start()
-    wait_http(f"http://127.0.0.1:{port}/health", timeout=20, proc=proc)
-    return proc, port
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 from support.gateway import Gateway, gateway_config, write_bootstrap
 from support.load import Outcomes, one_request
-from support.procs import ROOT, Proc, free_port, wait_http
+from support.procs import free_port, start_fake
 
 from control_plane.app import ControlPlane
 from control_plane.config import parse_config
@@ -41,21 +41,7 @@ async def test_host_name_resolving_to_several_addresses(tmp_path: Path) -> None:
     port = free_port("127.0.0.2")
     fakes = []
     for host in ("127.0.0.1", "127.0.0.2"):
-        p = Proc(
-            f"fake-{host}",
-            [
-                sys.executable,
-                str(ROOT / "tests/support/fake_backend.py"),
-                "--mode",
-                "fast",
-                "--host",
-                host,
-                "--port",
-                str(port),
-            ],
-            tmp_path / f"fake-{host}.log",
-        ).start()
-        await asyncio.to_thread(wait_http, f"http://{host}:{port}/health", 20, p)
+        p, _ = await asyncio.to_thread(start_fake, tmp_path, "fast", host=host, port=port)
         fakes.append(p)
     answers = {"fleet.test": ("127.0.0.1", "127.0.0.2")}
 

@@ -16,34 +16,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 from support.gateway import Gateway, gateway_config, start_gateway
-from support.procs import ROOT, Proc, free_port, wait_http
+from support.procs import start_fake
 
 IDLE_S = 2
-
-
-def fake(tmp: Path, mode: str, *args: str) -> tuple[Proc, int]:
-    port = free_port()
-    p = Proc(
-        f"fake-{mode}",
-        [
-            sys.executable,
-            str(ROOT / "tests/support/fake_backend.py"),
-            "--mode",
-            mode,
-            "--port",
-            str(port),
-            *args,
-        ],
-        tmp / f"fake-{mode}.log",
-    ).start()
-    wait_http(f"http://127.0.0.1:{port}/health", 20, p)
-    return p, port
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("limits")
-    procs = [fake(tmp, "hang"), fake(tmp, "trickle"), fake(tmp, "slow", "--delay", "0.5")]
+    procs = [
+        start_fake(tmp, "hang"),
+        start_fake(tmp, "trickle"),
+        start_fake(tmp, "slow", "--delay", "0.5"),
+    ]
     off = {"enabled": False}
     backends = [
         {"url": f"http://127.0.0.1:{procs[0][1]}", "models": ["fake/hang"], "health": off},

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from support.gateway import Gateway, gateway_config, start_gateway, write_bootstrap
-from support.procs import ROOT, Proc, free_port, wait_http
+from support.procs import start_fake, wait_http
 
 FAST_A = "fake/fast-a"
 FAST_B = "fake/fast-b"
@@ -52,23 +52,7 @@ def transcribe(gw: Gateway, model: str) -> tuple[int, dict[str, str], bytes]:
 def fast_fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     """FAKE backends answering at once: these tests are about xDS, not Whisper."""
     logs = tmp_path_factory.mktemp("fast-fakes")
-    procs = []
-    for _ in range(2):
-        port = free_port()
-        p = Proc(
-            f"fake-fast-{port}",
-            [
-                sys.executable,
-                str(ROOT / "tests/support/fake_backend.py"),
-                "--mode",
-                "fast",
-                "--port",
-                str(port),
-            ],
-            logs / f"fake-{port}.log",
-        ).start()
-        wait_http(f"http://127.0.0.1:{port}/health", 20, p)
-        procs.append((p, port))
+    procs = [start_fake(logs, "fast") for _ in range(2)]
     yield [port for _, port in procs]
     for p, _ in procs:
         p.stop()

@@ -20,7 +20,7 @@ import pytest
 from support import netns
 from support.gateway import Gateway, gateway_config, start_gateway
 from support.load import LONG_CLIP, Outcomes, one_request, run_load
-from support.procs import ROOT, Proc, free_port, start_backend, wait_http
+from support.procs import ROOT, Proc, free_port, start_backend, start_fake, wait_http
 
 TINY = "openai/whisper-tiny.en"
 HEALTH = {"interval_s": 0.5, "timeout_s": 3.0, "healthy_threshold": 2, "unhealthy_threshold": 2}
@@ -168,30 +168,12 @@ def test_backend_frozen_with_sigstop(gw: Gateway, fleet: Fleet) -> None:
     wait_health(gw, fleet.key(0), "HEALTHY")
 
 
-def _fake(tmp_path: Path, mode: str) -> tuple[Proc, int]:
-    port = free_port()
-    proc = Proc(
-        f"fake-{mode}",
-        [
-            sys.executable,
-            str(ROOT / "tests/support/fake_backend.py"),
-            "--mode",
-            mode,
-            "--port",
-            str(port),
-        ],
-        tmp_path / f"fake-{mode}.log",
-    ).start()
-    wait_http(f"http://127.0.0.1:{port}/health", 20, proc)
-    return proc, port
-
-
 @pytest.mark.parametrize("mode", ["error500", "garbage"])
 def test_backend_answering_500_or_garbage_is_ejected(
     tmp_path: Path, fleet: Fleet, mode: str
 ) -> None:
     fleet.ensure()
-    fake, port = _fake(tmp_path, mode)
+    fake, port = start_fake(tmp_path, mode)
     g = _gateway(tmp_path / "gw", [_backend(fleet.ports[0]), _backend(port)])
     try:
         g.wait_backends({fleet.key(0)})

@@ -137,3 +137,27 @@ def start_backend(
     if wait:
         wait_http(f"http://{host}:{port}/health", timeout=120, proc=proc)
     return proc, port
+
+
+def start_fake(
+    log_dir: Path, mode: str, *args: str, host: str = "127.0.0.1", port: int | None = None
+) -> tuple[Proc, int]:
+    """A FAKE backend producing a fault on demand (tests/support/fake_backend.py)."""
+    port = port or free_port(host)
+    proc = Proc(
+        f"fake-{mode}-{port}",
+        [
+            PYTHON,
+            str(ROOT / "tests/support/fake_backend.py"),
+            "--mode",
+            mode,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            *args,
+        ],
+        log_dir / f"fake-{mode}-{host}-{port}.log",
+    ).start()
+    wait_http(f"http://{host}:{port}/health", timeout=20, proc=proc)
+    return proc, port
