@@ -285,3 +285,25 @@ def test_backend_cut_off_by_the_network(tmp_path: Path, fleet: Fleet, fault: str
         finally:
             g.stop()
             far.stop()
+
+
+def test_control_plane_killed_and_restarted_under_load(gw: Gateway, fleet: Fleet) -> None:
+    """Envoy serves on its last config; the new control plane re-probes before it
+    answers, so it never pushes 'every backend UNKNOWN' to a serving Envoy."""
+
+    async def scenario() -> Outcomes:
+        load = asyncio.create_task(run_load(gw.url, TINY, total=30, concurrency=2))
+        await asyncio.sleep(1)
+        assert gw.control_plane is not None
+        gw.control_plane.signal(signal.SIGKILL)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(gw.start_control_plane)
+        await asyncio.to_thread(gw.wait_synced)
+        return await load
+
+    out = asyncio.run(scenario())
+    assert_accounted(out, 30)
+    assert out.counts["ok"] == 30, out
+    assert set(out.backends) == {fleet.key(0), fleet.key(1)}
+    assert gw.envoy_stat("listener_manager.listener_modified") == 0
+    assert len(gw.status()["proxies"]) == 1
