@@ -94,7 +94,9 @@ def build_model(
                 state = EndpointHealth.HEALTHY
             ep = Endpoint(key, address, backend.port, backend.url, state)
             for m in backend.models:
-                per_model[m].append(ep)
+                # Two host names may resolve to one address: one endpoint, not two.
+                if all(e.key != key for e in per_model[m]):
+                    per_model[m].append(ep)
         for m in backend.models:
             # Envoy's per-host limit is one number per cluster: the tightest wins.
             limits[m] = min(limits.get(m, backend.max_concurrency), backend.max_concurrency)

@@ -654,3 +654,13 @@ def test_protos_are_messages() -> None:
     rcfg = route_config()
     assert isinstance(rcfg, message.Message)
     assert all(isinstance(r, rc.Route) for r in rcfg.virtual_hosts[0].routes)
+
+
+def test_two_names_resolving_to_one_address_make_one_endpoint() -> None:
+    cfg = parse_config({"backends": [
+        {"url": "http://a.test:9000", "models": ["m"], "health": {"enabled": False}},
+        {"url": "http://b.test:9000", "models": ["m"], "health": {"enabled": False}},
+    ]})
+    resolved = {"http://a.test:9000": ("127.0.0.5",), "http://b.test:9000": ("127.0.0.5",)}
+    (cluster,) = build_model(cfg, resolved, {}).clusters
+    assert [e.key for e in cluster.endpoints] == ["127.0.0.5:9000"]
