@@ -32,39 +32,53 @@ end
 
 local WINDOW = 1048576
 
--- 0-based offset of the first `needle` at or after `from`, or nil. Scans the
--- buffered body in 1 MiB windows: a 25 MB upload is never copied whole into Lua.
-local function find(body, len, needle, from)
-  local pos = from
-  while pos < len do
-    local n = math.min(WINDOW + #needle, len - pos)
-    local i = string.find(body:getBytes(pos, n), needle, 1, true)
-    if i then return pos + i - 1 end
-    if pos + n >= len then return nil end
-    pos = pos + WINDOW
+-- A view of the buffered body with 0-based `find` and `sub`. A small body is
+-- copied into Lua once; a large one is scanned in 1 MiB windows, so a 25 MB
+-- upload is never copied whole.
+local function reader(body)
+  local len = body:length()
+  if len <= WINDOW then
+    local str = body:getBytes(0, len)
+    return len,
+      function(needle, from)
+        local i = string.find(str, needle, from + 1, true)
+        return i and i - 1 or nil
+      end,
+      function(from, n) return string.sub(str, from + 1, from + n) end
   end
-  return nil
+  local function find(needle, from)
+    local pos = from
+    while pos < len do
+      local n = math.min(WINDOW + #needle, len - pos)
+      local i = string.find(body:getBytes(pos, n), needle, 1, true)
+      if i then return pos + i - 1 end
+      if pos + n >= len then return nil end
+      pos = pos + WINDOW
+    end
+    return nil
+  end
+  return len, find, function(from, n) return body:getBytes(from, n) end
 end
 
 -- Returns the value of the form field `name`, or nil; walks the parts by
 -- boundary so a file whose bytes contain 'name="model"' cannot fool it.
 local function form_field(body, boundary, name)
-  local len = body:length()
+  local len, find, sub = reader(body)
   local delim = "--" .. boundary
-  local s = find(body, len, delim, 0)
+  local s = find(delim, 0)
   while s do
     local after = s + #delim
-    if after + 2 <= len and body:getBytes(after, 2) == "--" then return nil end
-    local head_end = find(body, len, "\r\n\r\n", after)
+    if after + 2 <= len and sub(after, 2) == "--" then return nil end
+    local head_end = find("\r\n\r\n", after)
     if not head_end or head_end - after > 16384 then return nil end
-    local head = body:getBytes(after, head_end - after)
+    local head = sub(after, head_end - after)
     local value_start = head_end + 4
-    local next_s = find(body, len, "\r\n" .. delim, value_start)
+    local next_s = find("\r\n" .. delim, value_start)
     if not next_s then return nil end
     local field = head:match('[;%s]name="([^"]*)"') or head:match("[;%s]name=([^;%s]+)")
     if field == name then
       if next_s - value_start > 4096 then return nil end
-      return body:getBytes(value_start, next_s - value_start)
+      return sub(value_start, next_s - value_start)
     end
     s = next_s + 2
   end

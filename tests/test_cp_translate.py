@@ -657,10 +657,38 @@ def test_protos_are_messages() -> None:
 
 
 def test_two_names_resolving_to_one_address_make_one_endpoint() -> None:
-    cfg = parse_config({"backends": [
-        {"url": "http://a.test:9000", "models": ["m"], "health": {"enabled": False}},
-        {"url": "http://b.test:9000", "models": ["m"], "health": {"enabled": False}},
-    ]})
+    cfg = parse_config(
+        {
+            "backends": [
+                {"url": "http://a.test:9000", "models": ["m"], "health": {"enabled": False}},
+                {"url": "http://b.test:9000", "models": ["m"], "health": {"enabled": False}},
+            ]
+        }
+    )
     resolved = {"http://a.test:9000": ("127.0.0.5",), "http://b.test:9000": ("127.0.0.5",)}
     (cluster,) = build_model(cfg, resolved, {}).clusters
     assert [e.key for e in cluster.endpoints] == ["127.0.0.5:9000"]
+
+
+@needs_lua
+@pytest.mark.parametrize("fields_first", [True, False])
+def test_lua_large_upload_is_scanned_in_windows(tmp_path: Path, fields_first: bool) -> None:
+    """Past 1 MiB the body is read in windows; a boundary may straddle two of them."""
+    boundary = "b0undary"
+    filler = (WAV + EVIL) * (3 * 1024 * 1024 // len(WAV + EVIL))
+    # Put the closing delimiter of the file part across the first window's edge.
+    cut = 1024 * 1024 - len(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        'filename="a.wav"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    )
+    file_bytes = filler[: cut - 3] if not fields_first else filler
+    parts: list[tuple[str, str | None, bytes]] = [("file", "a.wav", file_bytes)]
+    if fields_first:
+        parts.insert(0, ("model", None, TINY.encode()))
+    else:
+        parts.append(("model", None, TINY.encode()))
+        parts.append(("big", None, filler))
+    body = curl_form(boundary, parts)
+    assert len(body) > 1024 * 1024
+    ctype = f"multipart/form-data; boundary={boundary}"
+    assert run_lua(tmp_path, body, ctype) == f"PASS {TINY} true"
