@@ -8,9 +8,11 @@ from typing import Any
 
 from aiohttp import web
 from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_plane.app import ControlPlane
 from control_plane.config import ConfigError, load_config
+from control_plane.metrics import make_registry
 from control_plane.snapshot import PUSH_ORDER, SHORT_NAMES
 
 
@@ -96,6 +98,13 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
             return _error(400, f"reload refused, running config kept: {e}")
         return _json({"reloaded": True, "models": list(new.models), **cp.status()["versions"]})
 
+    registry = make_registry(cp)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST}
+        )
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -107,6 +116,7 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
     app.router.add_post("/backends/{key}/undrain", undrain)
     app.router.add_post("/config/reload", reload)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

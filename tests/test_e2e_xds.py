@@ -174,3 +174,15 @@ def test_envoy_restart_gets_full_config(gw: Gateway) -> None:
         time.sleep(0.1)
     assert len(gw.status()["proxies"]) == 1  # the dead stream was dropped
     assert transcribe(gw, FAST_A)[0] == 200
+
+
+def test_admin_metrics_read_the_live_state(gw: Gateway, fast_fakes: list[int]) -> None:
+    status, headers, body = http("GET", f"{gw.admin_url}/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    assert "whisper_gateway_xds_connected_proxies 1.0" in text
+    for t in ("CDS", "EDS", "LDS", "RDS"):
+        assert f'whisper_gateway_xds_sync{{state="SYNCED",type="{t}"}} 1.0' in text
+        assert f'whisper_gateway_xds_nacks_total{{type="{t}"}} 0.0' in text
+    key = f"127.0.0.1:{fast_fakes[0]}"
+    assert f'whisper_gateway_endpoint_health{{endpoint="{key}",health="HEALTHY"}} 1.0' in text
