@@ -37,6 +37,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--shutdown-grace", type=float, default=30.0, help="seconds in-flight requests get"
     )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("WHISPER_BACKEND_API_KEY"),
+        help="require `Authorization: Bearer KEY` on /v1/* (env WHISPER_BACKEND_API_KEY)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -51,6 +56,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_file_bytes=int(args.max_file_size_mb * 1024 * 1024),
         max_audio_seconds=args.max_audio_seconds,
         shutdown_grace=max(0.0, args.shutdown_grace),
+        api_key=args.api_key or None,
         engine=EngineConfig(
             num_workers=workers,
             cpu_threads=threads,

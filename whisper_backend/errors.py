@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 _TYPES = {
+    401: "AuthenticationError",
     400: "BadRequestError",
     404: "NotFoundError",
     405: "MethodNotAllowedError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -35,6 +36,7 @@ from .models import locate
 
 log = logging.getLogger("whisper_backend")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class ServerConfig:
     max_audio_seconds: float = 600.0
     shutdown_grace: float = 30.0
     engine: EngineConfig = field(default_factory=EngineConfig)
+    api_key: str | None = None  # like vLLM's --api-key: required on /v1/*
 
     @property
     def name(self) -> str:
@@ -96,7 +99,24 @@ def create_app(config: ServerConfig) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
     app.middlewares.append(_error_middleware)
+    if config.api_key:
+        app.middlewares.append(_auth_middleware(config.api_key))  # type: ignore[arg-type]
     return app
+
+
+def _auth_middleware(key: str) -> Middleware:
+    """/v1/* needs `Authorization: Bearer <key>`; /health and /metrics stay open, as vLLM."""
+    expected = f"Bearer {key}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise ApiError("invalid or missing API key", 401)
+        return await handler(request)
+
+    return auth
 
 
 @web.middleware
