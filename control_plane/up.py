@@ -16,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from control_plane.bootstrap import build_bootstrap
-from control_plane.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
+import aiohttp
 
-ENVOY = str(Path(sys.executable).with_name("envoy"))
+from control_plane.bootstrap import build_bootstrap, envoy_command
+from control_plane.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
 
 
 async def _spawn(name: str, argv: list[str], log_dir: Path) -> asyncio.subprocess.Process:
@@ -37,8 +37,6 @@ async def _spawn(name: str, argv: list[str], log_dir: Path) -> asyncio.subproces
 
 
 async def _wait_http(url: str, timeout: float, proc: asyncio.subprocess.Process) -> bool:
-    import aiohttp
-
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with aiohttp.ClientSession() as session:
@@ -57,8 +55,6 @@ async def _wait_http(url: str, timeout: float, proc: asyncio.subprocess.Process)
 
 async def _wait_probed(config: GatewayConfig, timeout: float) -> None:
     """Until the probes have let every backend in (bounded: a dead one stays out)."""
-    import aiohttp
-
     url = f"http://{config.admin.address}:{config.admin.port}/backends"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -135,17 +131,7 @@ async def run(config_path: Path, config: GatewayConfig, log_dir: Path) -> int:
                 "envoy",
                 await _spawn(
                     "envoy",
-                    [
-                        ENVOY,
-                        "-c",
-                        str(bootstrap),
-                        "--log-level",
-                        "warn",
-                        "--drain-time-s",
-                        f"{config.limits.drain_time_s:g}",
-                        "--concurrency",
-                        str(config.envoy_workers),
-                    ],
+                    envoy_command(config, bootstrap),
                     log_dir,
                 ),
             )

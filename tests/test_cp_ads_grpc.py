@@ -19,6 +19,8 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import message
 from google.rpc import status_pb2
+from support.procs import free_port
+from support.snapshots import A, B, snap
 
 from control_plane.ads import AdsServer, serve
 from control_plane.cache import SnapshotCache
@@ -31,7 +33,6 @@ from control_plane.translate import LISTENER_NAME, ROUTE_CONFIG_NAME
 
 pytestmark = pytest.mark.timeout(60)
 
-A, B = "model-a", "model-b"
 QUIET = 0.3  # how long "no response" is awaited: a protocol check, not a speed bound
 TYPES: dict[str, type[message.Message]] = {
     CLUSTER: cluster_pb2.Cluster,
@@ -39,25 +40,6 @@ TYPES: dict[str, type[message.Message]] = {
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
 }
-
-
-def snap(models: tuple[str, ...] = (A, B), healthy: bool = True) -> Snapshot:
-    doc: dict[str, Any] = {
-        "backends": [
-            {"url": f"http://127.0.0.1:{8100 + i}", "models": [m]} for i, m in enumerate(models)
-        ]
-    }
-    cfg = parse_config(doc)
-    resolved = {b.url: ("127.0.0.1",) for b in cfg.backends}
-    state = EndpointHealth.HEALTHY if healthy else EndpointHealth.UNHEALTHY
-    health = {f"127.0.0.1:{8100 + i}": state for i in range(len(models))}
-    return build_snapshot(build_model(cfg, resolved, health), load_lua_template())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

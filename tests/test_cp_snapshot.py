@@ -6,6 +6,7 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
+from support.snapshots import A, B, snap
 
 from control_plane.cache import SnapshotCache
 from control_plane.config import parse_config
@@ -22,21 +23,6 @@ from control_plane.snapshot import (
     merge_for_removal,
 )
 from control_plane.translate import ROUTE_CONFIG_NAME
-
-A, B = "model-a", "model-b"
-
-
-def snap(models: tuple[str, ...] = (A, B), healthy: bool = True) -> Snapshot:
-    doc: dict[str, Any] = {
-        "backends": [
-            {"url": f"http://127.0.0.1:{8100 + i}", "models": [m]} for i, m in enumerate(models)
-        ]
-    }
-    cfg = parse_config(doc)
-    resolved = {b.url: ("127.0.0.1",) for b in cfg.backends}
-    state = EndpointHealth.HEALTHY if healthy else EndpointHealth.UNHEALTHY
-    health = {f"127.0.0.1:{8100 + i}": state for i in range(len(models))}
-    return build_snapshot(build_model(cfg, resolved, health), load_lua_template())
 
 
 def parts(s: Snapshot) -> dict[str, list[Any]]:

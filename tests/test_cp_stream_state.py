@@ -4,35 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane.config import parse_config
-from control_plane.model import EndpointHealth, build_model, cluster_name
-from control_plane.resources import build_snapshot, load_lua_template
+from support.snapshots import snap as support_snap
+
+from control_plane.model import cluster_name
 from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 from control_plane.stream_state import Response, StreamState, SyncState
 from control_plane.translate import ROUTE_CONFIG_NAME
 
 A, B = "model-a", "model-b"
+
+
+def snap(models: tuple[str, ...] = (A,), **kw: Any) -> Snapshot:
+    """Protocol tests start from one model."""
+    return support_snap(models, **kw)
+
+
 ALL = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-
-
-def snap(
-    models: tuple[str, ...] = (A,),
-    healthy: bool = True,
-    policy: str = "least_request",
-    port: int = 8000,
-) -> Snapshot:
-    doc: dict[str, Any] = {
-        "listener": {"port": port},
-        "routing": {"policy": policy},
-        "backends": [
-            {"url": f"http://127.0.0.1:{8100 + i}", "models": [m]} for i, m in enumerate(models)
-        ],
-    }
-    cfg = parse_config(doc)
-    resolved = {b.url: ("127.0.0.1",) for b in cfg.backends}
-    state = EndpointHealth.HEALTHY if healthy else EndpointHealth.UNHEALTHY
-    health = {f"127.0.0.1:{8100 + i}": state for i in range(len(models))}
-    return build_snapshot(build_model(cfg, resolved, health), load_lua_template())
 
 
 def names_for(type_url: str, models: tuple[str, ...] = (A,)) -> list[str]:

@@ -72,13 +72,6 @@ def _direct(status: int, body: str) -> rc.DirectResponseAction:
     return rc.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=body))
 
 
-def _json_header() -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key="content-type", value="application/json"),
-        append_action=base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
-    )
-
-
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key=key, value=value),
@@ -156,7 +149,10 @@ def build_routes(model: GatewayModel) -> list[rc.Route]:
             direct_response=_direct(
                 405, _error_body(405, "method not allowed: use POST with a multipart form")
             ),
-            response_headers_to_add=[_json_header(), _header("allow", "POST")],
+            response_headers_to_add=[
+                _header("content-type", "application/json"),
+                _header("allow", "POST"),
+            ],
         )
     )
     routes.append(
@@ -164,7 +160,7 @@ def build_routes(model: GatewayModel) -> list[rc.Route]:
             name="models:list",
             match=rc.RouteMatch(path="/v1/models", headers=[_exact(":method", "GET")]),
             direct_response=_direct(200, models_body(model.models)),
-            response_headers_to_add=[_json_header()],
+            response_headers_to_add=[_header("content-type", "application/json")],
         )
     )
     routes.append(
@@ -172,7 +168,10 @@ def build_routes(model: GatewayModel) -> list[rc.Route]:
             name="models:wrong-method",
             match=rc.RouteMatch(path="/v1/models"),
             direct_response=_direct(405, _error_body(405, "method not allowed: use GET")),
-            response_headers_to_add=[_json_header(), _header("allow", "GET")],
+            response_headers_to_add=[
+                _header("content-type", "application/json"),
+                _header("allow", "GET"),
+            ],
         )
     )
     routes.append(
@@ -187,7 +186,7 @@ def build_routes(model: GatewayModel) -> list[rc.Route]:
                     "POST /v1/audio/translations and GET /v1/models",
                 ),
             ),
-            response_headers_to_add=[_json_header()],
+            response_headers_to_add=[_header("content-type", "application/json")],
         )
     )
     return routes

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
+from control_plane.bootstrap import build_bootstrap, envoy_command
+from control_plane.config import parse_config
 from support.procs import PYTHON, ROOT, Proc, free_port, wait_http
-
-ENVOY = str(Path(PYTHON).with_name("envoy"))
 
 
 def _get_json(url: str) -> Any:
@@ -69,15 +69,7 @@ class Gateway:
         self.envoy = Proc(
             "envoy",
             [
-                ENVOY,
-                "-c",
-                str(bootstrap),
-                "--log-level",
-                "warn",
-                "--drain-time-s",
-                "2",
-                "--concurrency",
-                str(self.config.get("envoy_workers", 1)),
+                *envoy_command(parse_config(self.config), bootstrap, drain_time_s=2),
                 "--base-id",
                 str(free_port() % 60000),
                 *extra,
@@ -173,9 +165,6 @@ __all__ = ["ROOT", "Gateway", "gateway_config", "start_gateway"]
 
 def write_bootstrap(gw: Gateway) -> Path:
     """Envoy's bootstrap from the gateway's config, without a running control plane."""
-    from control_plane.bootstrap import build_bootstrap
-    from control_plane.config import parse_config
-
     path = gw.workdir / "envoy-bootstrap.json"
     path.write_text(json.dumps(build_bootstrap(parse_config(gw.config))))
     return path
