@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from control_plane.app import ControlPlane
 from control_plane.config import ConfigError, load_config
 from control_plane.metrics import make_registry
+from control_plane.reconciler import target_key
 from control_plane.snapshot import PUSH_ORDER, SHORT_NAMES
 
 
@@ -68,8 +69,11 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
                     "backend_url": e.backend_url,
                     "models": list(e.models),
                     "health": e.health.value,
+                    "model_health": {m: h.value for m, h in e.model_health.items()},
                     "draining": e.draining,
-                    "probe": probes.get(e.key),
+                    # The first model's probe; every model's in `probes`.
+                    "probe": probes.get(target_key(e.key, e.models[0])),
+                    "probes": {m: probes.get(target_key(e.key, m)) for m in e.models},
                 }
                 for e in cp.endpoints()
             ]
@@ -77,13 +81,13 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
 
     async def drain(request: web.Request) -> web.Response:
         key = request.match_info["key"]
-        if not cp.drain(key):
+        if not await cp.drain(key):
             return _error(404, f"no endpoint {key!r}")
         return _json({"endpoint": key, "draining": True})
 
     async def undrain(request: web.Request) -> web.Response:
         key = request.match_info["key"]
-        if not cp.undrain(key):
+        if not await cp.undrain(key):
             return _error(404, f"endpoint {key!r} is not draining")
         return _json({"endpoint": key, "draining": False})
 

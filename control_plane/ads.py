@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -28,10 +28,11 @@ def _to_proto(r: Response) -> discovery_pb2.DiscoveryResponse:
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """Serves the cache's snapshot to every connected Envoy."""
 
-    def __init__(self, cache: SnapshotCache) -> None:
+    def __init__(self, cache: SnapshotCache, on_ack: Callable[[], None] | None = None) -> None:
         self.cache = cache
         self.streams: dict[int, StreamState] = {}
         self.ack_event = asyncio.Event()
+        self._on_ack = on_ack
 
     async def StreamAggregatedResources(
         self,
@@ -93,6 +94,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if req.response_nonce:
                     self.ack_event.set()
                     self.ack_event = asyncio.Event()
+                    if self._on_ack is not None:
+                        self._on_ack()
                 if resp is not None:
                     snap = self.cache.snapshot
                     assert snap is not None
@@ -112,28 +115,37 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         changed: asyncio.Event,
         outbox: asyncio.Queue[Response | None],
     ) -> None:
-        while True:
-            await changed.wait()
-            changed.clear()
-            snap = self.cache.snapshot
-            if snap is None:
-                continue
-            for resp in stream.on_snapshot(snap):
-                outbox.put_nowait(resp)
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                snap = self.cache.snapshot
+                if snap is None:
+                    continue
+                for resp in stream.on_snapshot(snap):
+                    outbox.put_nowait(resp)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never a silent end of pushes: log, close the stream, Envoy reconnects.
+            log.exception("ADS stream %d push failed; closing it", stream.id)
+            outbox.put_nowait(None)
+
+    def all_acked(self, type_url: str, version: str) -> bool:
+        """Every stream subscribed to `type_url` has ACKed `version`."""
+        return not any(
+            type_url in s.types
+            and s.types[type_url].subscribed
+            and s.types[type_url].acked_version != version
+            for s in self.streams.values()
+        )
 
     async def wait_acked(self, type_url: str, version: str, timeout: float) -> bool:
         """Until every stream subscribed to `type_url` has ACKed `version`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            pending = [
-                s
-                for s in self.streams.values()
-                if type_url in s.types
-                and s.types[type_url].subscribed
-                and s.types[type_url].acked_version != version
-            ]
-            if not pending:
+            if self.all_acked(type_url, version):
                 return True
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -145,7 +157,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 return False
 
 
-async def serve(cache: SnapshotCache, address: str, port: int) -> tuple[grpc.aio.Server, AdsServer]:
+async def serve(
+    cache: SnapshotCache, address: str, port: int, on_ack: Callable[[], None] | None = None
+) -> tuple[grpc.aio.Server, AdsServer]:
     server = grpc.aio.server(
         options=[
             ("grpc.keepalive_time_ms", 30_000),
@@ -155,7 +169,7 @@ async def serve(cache: SnapshotCache, address: str, port: int) -> tuple[grpc.aio
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ]
     )
-    ads = AdsServer(cache)
+    ads = AdsServer(cache, on_ack)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
     bound = server.add_insecure_port(f"{address}:{port}")
     if bound == 0:

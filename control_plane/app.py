@@ -1,14 +1,15 @@
-"""The control plane's wiring: config + discovery + health -> snapshot -> ADS.
+"""The control plane's wiring: front end -> reconciler -> snapshot cache -> ADS.
 
-Holds the only mutable state (addresses, health, draining) and rebuilds the
-snapshot from it through the pure layers below on every change.
+ControlPlane holds no fleet state of its own. It turns outside inputs (a
+reload, a DNS round, a probe verdict, a drain, an ACK) into events for the
+Reconciler, which alone writes the state, and reads that state back for the
+admin API. Its background tasks run under SupervisedTasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -17,16 +18,20 @@ from control_plane import ads
 from control_plane.cache import SnapshotCache
 from control_plane.config import GatewayConfig
 from control_plane.discovery import Resolver, is_ip, resolve
-from control_plane.model import (
-    EndpointHealth,
-    GatewayModel,
-    build_model,
-    endpoint_health,
-    endpoint_key,
+from control_plane.frontend import spec_from_config
+from control_plane.model import EndpointHealth, GatewaySpec
+from control_plane.reconciler import (
+    EndpointView,
+    FleetState,
+    Reconciler,
+    Resolved,
+    Verdict,
+    endpoint_views,
+    fixed_addresses,
 )
-from control_plane.resources import build_snapshot, load_lua_template
-from control_plane.snapshot import ROUTE, merge_for_removal
-from health import HealthEvent, HealthMonitor, HealthSettings, HealthStatus, ProbeTarget
+from control_plane.resources import load_lua_template
+from control_plane.tasks import SupervisedTasks
+from health import HealthEvent, HealthMonitor, HealthStatus, ProbeTarget
 
 log = logging.getLogger("control_plane")
 
@@ -35,15 +40,11 @@ _FROM_PROBE = {
     HealthStatus.HEALTHY: EndpointHealth.HEALTHY,
     HealthStatus.UNHEALTHY: EndpointHealth.UNHEALTHY,
 }
+#: Settings a running process cannot change: they are its sockets.
+FIXED_AT_START = ("xds", "admin", "envoy_admin")
+LOOKUP_TIMEOUT_S = 10.0
 
-
-@dataclass(frozen=True)
-class EndpointView:
-    key: str
-    backend_url: str
-    models: tuple[str, ...]
-    health: EndpointHealth
-    draining: bool
+__all__ = ["ControlPlane", "EndpointView"]
 
 
 class ControlPlane:
@@ -54,158 +55,81 @@ class ControlPlane:
         config_path: str | None = None,
         resolver: Resolver = resolve,
     ) -> None:
-        self.config = config
         self.config_path = config_path
         self.resolver = resolver
-        self.lua_template = lua_template or load_lua_template()
+        self.fixed = {name: getattr(config, name) for name in FIXED_AT_START}
+        self.xds_address = config.xds
         self.cache = SnapshotCache()
-        self.resolved: dict[str, tuple[str, ...]] = {}
-        self.health: dict[str, EndpointHealth] = {}
-        self.draining: set[str] = set()
-        self.model: GatewayModel | None = None
+        self.tasks = SupervisedTasks()
+        self.health_monitor = HealthMonitor(self._on_health_event)
+        self.reconciler = Reconciler(
+            FleetState(spec_from_config(config)),
+            self.cache,
+            lua_template or load_lua_template(),
+            set_targets=self.health_monitor.set_targets,
+        )
         self.ads: ads.AdsServer | None = None
         self._grpc: grpc.aio.Server | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self.health_monitor: HealthMonitor | None = None
 
-    # ------------------------------------------------------------ state -> snapshot
+    # ------------------------------------------------------------ reads
 
-    def effective_health(self) -> dict[str, EndpointHealth]:
-        out = dict(self.health)
-        for key in self.draining:
-            out[key] = EndpointHealth.DRAINING
-        return out
-
-    def rebuild(self) -> bool:
-        """Recompute and publish; a snapshot whose references do not close is refused."""
-        model = build_model(self.config, self.resolved, self.effective_health())
-        snap = build_snapshot(model, self.lua_template)
-        ok = self.cache.set(snap)
-        if ok:
-            self.model = model
-        else:
-            log.error("snapshot refused, serving the last good one: %s", self.cache.last_refusal)
-        return ok
-
-    async def publish_with_removal(self, new_model: GatewayModel) -> bool:
-        """Rule 9: stop routing to removed clusters before removing them."""
-        new = build_snapshot(new_model, self.lua_template)
-        old = self.cache.snapshot
-        if old is not None and self.ads is not None:
-            first = merge_for_removal(old, new)
-            if first is not None and self.cache.set(first):
-                await self.ads.wait_acked(ROUTE, first.version(ROUTE), timeout=10.0)
-        ok = self.cache.set(new)
-        if ok:
-            self.model = new_model
-        return ok
+    @property
+    def state(self) -> FleetState:
+        return self.reconciler.state
 
     def endpoints(self) -> list[EndpointView]:
-        health = self.effective_health()
-        out = []
-        for b in self.config.backends:
-            for address in self.resolved.get(b.url, ()):
-                key = endpoint_key(address, b.port)
-                h = endpoint_health(b, health.get(key))
-                out.append(EndpointView(key, b.url, b.models, h, key in self.draining))
-        return out
-
-    # ------------------------------------------------------------ inputs
-
-    def set_health(self, key: str, health: EndpointHealth) -> None:
-        if self.health.get(key) == health:
-            return
-        self.health[key] = health
-        self.rebuild()
-
-    def drain(self, key: str) -> bool:
-        """DRAINING: no new requests; in-flight ones, streams included, finish."""
-        if key not in {e.key for e in self.endpoints()}:
-            return False
-        self.draining.add(key)
-        self.rebuild()
-        return True
-
-    def undrain(self, key: str) -> bool:
-        if key not in self.draining:
-            return False
-        self.draining.discard(key)
-        self.rebuild()
-        return True
-
-    async def resolve_all(self) -> bool:
-        changed = False
-        for b in self.config.backends:
-            try:
-                addrs = await self.resolver(b.host, b.port)
-            except OSError as e:
-                log.warning(
-                    "cannot resolve %s: %s (keeping %s)", b.host, e, self.resolved.get(b.url, ())
-                )
-                continue
-            if self.resolved.get(b.url) != addrs:
-                self.resolved[b.url] = addrs
-                changed = True
-        return changed
-
-    async def _resolve_loop(self) -> None:
-        if all(is_ip(b.host) for b in self.config.backends) and self.resolver is resolve:
-            return
-        while True:
-            await asyncio.sleep(self.config.dns_refresh_s)
-            await self.refresh_addresses()
-
-    async def refresh_addresses(self) -> bool:
-        """Re-resolve host names; a changed answer changes EDS and the probe targets."""
-        if not await self.resolve_all():
-            return False
-        self.rebuild()
-        await self._on_endpoints_changed()
-        return True
+        return endpoint_views(self.reconciler.state)
 
     def probe_targets(self) -> list[ProbeTarget]:
-        """One target per resolved address of every backend that is probed."""
-        targets = []
-        for b in self.config.backends:
-            if not b.health.enabled:
-                continue
-            h = b.health
-            settings = HealthSettings(
-                interval_s=h.interval_s,
-                timeout_s=h.timeout_s,
-                healthy_threshold=h.healthy_threshold,
-                unhealthy_threshold=h.unhealthy_threshold,
-                expected_word=h.expected_word,
-                language=h.language,
-            )
-            scheme = "https" if b.tls else "http"
-            for address in self.resolved.get(b.url, ()):
-                host = f"[{address}]" if ":" in address else address
-                targets.append(
-                    ProbeTarget(
-                        key=endpoint_key(address, b.port),
-                        base_url=f"{scheme}://{host}:{b.port}",
-                        models=b.models,
-                        api_key=b.api_key(),
-                        settings=settings,
-                    )
-                )
-        return targets
+        return [t for _, t in self.reconciler.targets.values()]
+
+    def probe_snapshot(self) -> dict[str, Any]:
+        """Probe state per (endpoint, model) target, for the admin API."""
+        return {k: v.to_dict() for k, v in self.health_monitor.snapshot().items()}
+
+    # ------------------------------------------------------------ inputs -> events
 
     def _on_health_event(self, event: HealthEvent) -> None:
-        """A probe decision: only EDS changes, pushed before this returns to the loop."""
-        log.info("health: %s -> %s (%s)", event.target, event.status.value, event.reason)
-        self.set_health(event.target, _FROM_PROBE[event.status])
+        self.reconciler.post(Verdict(event.target, _FROM_PROBE[event.status]))
 
-    async def _on_endpoints_changed(self) -> None:
-        if self.health_monitor is None:
-            return
-        targets = self.probe_targets()
-        keys = {t.key for t in targets}
-        for key in list(self.health):
-            if key not in keys:
-                del self.health[key]
-        await self.health_monitor.set_targets(targets)
+    async def drain(self, key: str) -> bool:
+        """DRAINING: no new requests; in-flight ones, streams included, finish."""
+        return await self.reconciler.drain(key, True)
+
+    async def undrain(self, key: str) -> bool:
+        return await self.reconciler.drain(key, False)
+
+    async def lookup(self, spec: GatewaySpec) -> dict[str, tuple[str, ...] | str]:
+        """Resolve every host name of `spec` at once: url -> addresses, or the error."""
+        urls = [(b.url, b.host, b.port) for b in spec.backends if not is_ip(b.host)]
+
+        async def one(host: str, port: int) -> tuple[str, ...] | str:
+            try:
+                addrs = await asyncio.wait_for(self.resolver(host, port), LOOKUP_TIMEOUT_S)
+            except (OSError, TimeoutError) as e:
+                return f"{type(e).__name__}: {e}"
+            if not addrs:
+                return "no addresses"
+            return tuple(addrs)
+
+        answers = await asyncio.gather(*(one(h, p) for _, h, p in urls))
+        return {u: a for (u, _, _), a in zip(urls, answers, strict=True)}
+
+    async def refresh_addresses(self) -> bool:
+        """Re-resolve every host name now; True if an endpoint set changed."""
+        before = dict(self.reconciler.state.resolved)
+        for url, answer in (await self.lookup(self.reconciler.state.spec)).items():
+            if isinstance(answer, tuple):
+                self.reconciler.post(Resolved(url, answer))
+            else:
+                self.reconciler.post(Resolved(url, None, answer))
+        await self.reconciler.barrier()
+        return dict(self.reconciler.state.resolved) != before
+
+    async def _resolve_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconciler.state.spec.dns_refresh_s)
+            await self.refresh_addresses()
 
     async def reload(self, new: GatewayConfig) -> None:
         """Swap in a validated config; the listener stays, so streams are not drained.
@@ -213,80 +137,73 @@ class ControlPlane:
         Raises ValueError (and keeps the running config) for a change that needs a
         restart or a snapshot that does not close.
         """
-        for name in ("xds", "admin", "envoy_admin"):
-            if getattr(new, name) != getattr(self.config, name):
+        for name, value in self.fixed.items():
+            if getattr(new, name) != value:
                 raise ValueError(f"{name} cannot change on reload; restart instead")
-        old_config, old_resolved = self.config, dict(self.resolved)
-        self.config = new
-        self.resolved = {}
-        await self.resolve_all()
-        model = build_model(new, self.resolved, self.effective_health())
-        if not await self.publish_with_removal(model):
-            self.config, self.resolved = old_config, old_resolved
-            raise ValueError(f"new config refused: {self.cache.last_refusal}")
-        await self._on_endpoints_changed()
-        log.info("config reloaded; models: %s", ", ".join(new.models))
+        spec = spec_from_config(new)
+        lookups = await self.lookup(spec)
+        await self.reconciler.change_spec(spec, lookups)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.resolve_all()
-        if not self.rebuild():
-            raise RuntimeError(f"initial snapshot refused: {self.cache.last_refusal}")
-        self.health_monitor = HealthMonitor(self._on_health_event)
+        spec = self.reconciler.state.spec
+        resolved: dict[str, tuple[str, ...]] = fixed_addresses(spec)
+        errors: dict[str, str] = {}
+        for url, answer in (await self.lookup(spec)).items():
+            if isinstance(answer, tuple):
+                resolved[url] = answer
+            else:
+                errors[url] = answer
+                log.warning("cannot resolve %s: %s (retrying every refresh)", url, answer)
+        self.reconciler.state = FleetState(spec, resolved, errors)
         await self.health_monitor.start()
-        await self._on_endpoints_changed()
+        await self.reconciler.start()
+        self.tasks.spawn("reconciler", self.reconciler.run)
         await self._await_first_verdicts()
         self._grpc, self.ads = await ads.serve(
-            self.cache, self.config.xds.address, self.config.xds.port
+            self.cache, self.xds_address.address, self.xds_address.port, self.reconciler.on_ack
         )
-        self._tasks.append(asyncio.create_task(self._resolve_loop()))
+        self.reconciler.acked = self.ads.all_acked
+        if not all(is_ip(b.host) for b in spec.backends) or self.resolver is not resolve:
+            self.tasks.spawn("dns", self._resolve_loop)
         log.info(
             "xDS (ADS) on %s:%d; models: %s",
-            self.config.xds.address,
-            self.config.xds.port,
-            ", ".join(self.config.models),
+            self.xds_address.address,
+            self.xds_address.port,
+            ", ".join(spec.models),
         )
 
     async def _await_first_verdicts(self) -> None:
-        """Serve xDS only once every endpoint's first probe has decided (bounded).
+        """Serve xDS only once every target's first probe has decided (bounded).
 
         A restarted control plane must not tell a serving Envoy that every
         backend is UNKNOWN (no traffic) while it re-probes: Envoy keeps its last
         config until we answer.
         """
-        if self.health_monitor is None:
-            return
-        targets = self.probe_targets()
+        targets = self.reconciler.targets
         if not targets:
             return
-        limit = min(max(t.settings.timeout_s for t in targets), 10.0) + 1.5
+        limit = min(max(t.settings.timeout_s for _, t in targets.values()), 10.0) + 1.5
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        keys = {t.key for t in targets}
+        wanted = {hk for hk, _ in targets.values()}
         while loop.time() < deadline:
-            if all(k in self.health for k in keys):
+            if wanted <= set(self.reconciler.state.health):
                 return
             await asyncio.sleep(0.05)
         log.warning("serving xDS before every first probe decided (%.1f s)", limit)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.health_monitor is not None:
-            await self.health_monitor.close()
+        await self.tasks.stop()
+        await self.health_monitor.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
 
-    def probe_snapshot(self) -> dict[str, Any]:
-        """The health monitor's per-endpoint probe state, for the admin API."""
-        if self.health_monitor is None:
-            return {}
-        return {k: v.to_dict() for k, v in self.health_monitor.snapshot().items()}
-
     def status(self) -> dict[str, Any]:
         snap = self.cache.snapshot
+        state = self.reconciler.state
+        stats = self.reconciler.stats
         return {
             "versions": snap.versions() if snap else {},
             "snapshot_updated_at": self.cache.updated_at,
@@ -297,4 +214,13 @@ class ControlPlane:
                 "errors": list(self.cache.last_refusal.errors),
             },
             "proxies": [s.to_dict(snap) for s in (self.ads.streams.values() if self.ads else [])],
+            "tasks": self.tasks.snapshot(),
+            "dns_errors": dict(state.dns_errors),
+            "reconciler": {
+                "events": dict(stats.events),
+                "batches": stats.batches,
+                "pushes": stats.pushes,
+                "removal_pending": self.reconciler.removal_pending,
+                "removals_timed_out": stats.removals_timed_out,
+            },
         }

@@ -1,17 +1,24 @@
 """The input model: one YAML file, validated at start.
 
 Every error names the field (`backends[1].url`) and the reason, so a bad
-config is refused before anything listens.
+config is refused before anything listens. Each default and bound is written
+once, on the dataclass field; the parser reads them from there.
+
+Hand-written rather than pydantic: the sections are flat, the error text
+(`config error at limits.max_upload_mb: must be >= 0.001, got 0`) is what the
+tests pin, and a field-driven reader is smaller than the models plus the
+translation of pydantic's error locations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -31,6 +38,11 @@ class ConfigError(ValueError):
         self.reason = reason
 
 
+def _bound(default: Any, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A field with its default and its bounds, the one place both are written."""
+    return field(default=default, metadata={"min": minimum, "max": maximum})
+
+
 @dataclass(frozen=True)
 class HostPort:
     address: str
@@ -40,37 +52,37 @@ class HostPort:
 @dataclass(frozen=True)
 class HealthConfig:
     enabled: bool = True
-    interval_s: float = 5.0
-    timeout_s: float = 10.0
-    healthy_threshold: int = 2
-    unhealthy_threshold: int = 3
+    interval_s: float = _bound(5.0, 0.05)
+    timeout_s: float = _bound(10.0, 0.05)
+    healthy_threshold: int = _bound(2, 1)
+    unhealthy_threshold: int = _bound(3, 1)
     expected_word: str | None = None
     language: str | None = None
 
 
 @dataclass(frozen=True)
 class OutlierConfig:
-    consecutive_5xx: int = 3
-    consecutive_gateway_failure: int = 2
-    interval_s: float = 1.0
+    consecutive_5xx: int = _bound(3, 1)
+    consecutive_gateway_failure: int = _bound(2, 1)
+    interval_s: float = _bound(1.0, 0.1)
     # Short: the probes decide for the long term; outlier ejection only bridges
     # the gap between probes, and a restarted backend must not wait it out.
-    base_ejection_time_s: float = 3.0
+    base_ejection_time_s: float = _bound(3.0, 0.1)
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    max_upload_mb: float = 25.0
-    request_headers_timeout_s: float = 10.0
-    idle_timeout_s: float = 900.0
-    connect_timeout_s: float = 2.0
-    drain_time_s: float = 30.0
+    max_upload_mb: float = _bound(25.0, 0.001, 1024)  # Envoy buffers the upload
+    request_headers_timeout_s: float = _bound(10.0, 0.1)
+    idle_timeout_s: float = _bound(900.0, 0.1)
+    connect_timeout_s: float = _bound(2.0, 0.01)
+    drain_time_s: float = _bound(30.0, 0.0)
 
 
 @dataclass(frozen=True)
 class RoutingConfig:
     policy: str = "least_request"
-    retries: int = 2
+    retries: int = _bound(2, 0)
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,7 @@ class BackendConfig:
     url: str
     models: tuple[str, ...]
     type: str = "transcription"
-    max_concurrency: int = 4
+    max_concurrency: int = _bound(4, 1)
     api_key_env: str | None = None
     health: HealthConfig = field(default_factory=HealthConfig)
     launch: str | None = None  # "cpu": `make up` starts a whisper_backend for it
@@ -112,10 +124,10 @@ class GatewayConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     backends: tuple[BackendConfig, ...] = ()
     node_id: str = "gateway"
-    dns_refresh_s: float = 30.0  # how often backend host names are re-resolved
+    dns_refresh_s: float = _bound(30.0, 1.0)  # how often backend host names are re-resolved
     # Envoy --concurrency. Each worker may open one connection per host even past
     # the per-host limit, so max_concurrency is exact only with one worker.
-    envoy_workers: int = 1
+    envoy_workers: int = _bound(1, 1)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -127,7 +139,14 @@ class GatewayConfig:
         return tuple(seen)
 
 
-# ---------------------------------------------------------------- parsing helpers
+# ---------------------------------------------------------------- reading values
+
+T = TypeVar("T")
+_FIELDS = {f.name: f for cls in (GatewayConfig,) for f in dataclasses.fields(cls)}
+
+
+def _where(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
@@ -138,99 +157,79 @@ def _mapping(value: Any, path: str) -> Mapping[str, Any]:
     return value
 
 
-def _no_unknown(data: Mapping[str, Any], allowed: set[str], path: str) -> None:
+def _no_unknown(data: Mapping[str, Any], allowed: set[str] | frozenset[str], path: str) -> None:
     for key in data:
         if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(where, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                _where(path, str(key)), f"unknown field (allowed: {', '.join(sorted(allowed))})"
+            )
 
 
-def _num(data: Mapping[str, Any], key: str, default: float, path: str, minimum: float) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{path}.{key}", f"must be a number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{path}.{key}", f"must be >= {minimum}, got {value!r}")
-    return float(value)
+def _value(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
+    """Check one scalar against its field's type and bounds."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"must be true or false, got {value!r}")
+        return value
+    if kind.startswith("str"):
+        if value is None and "None" in kind:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(where, f"must be a non-empty string, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"must be an integer, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(where, f"must be a number, got {value!r}")
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if lo is not None and value < lo:
+        raise ConfigError(where, f"must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(where, f"must be <= {hi}, got {value!r}")
+    return value if kind == "int" else float(value)
 
 
-def _int(data: Mapping[str, Any], key: str, default: int, path: str, minimum: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{path}.{key}", f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{path}.{key}", f"must be >= {minimum}, got {value!r}")
-    return value
+def _section(cls: type[T], data: Any, path: str, base: T | None = None) -> T:
+    """A flat section: every field from `data`, else from `base`, else its default."""
+    d = _mapping(data, path)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _no_unknown(d, set(fields), path)
+    defaults = base if base is not None else cls()
+    values = {
+        name: _value(f, d[name], _where(path, name)) if name in d else getattr(defaults, name)
+        for name, f in fields.items()
+    }
+    return cls(**values)
 
 
-def _str(data: Mapping[str, Any], key: str, default: str | None, path: str) -> str | None:
-    value = data.get(key, default)
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        where = f"{path}.{key}" if path else key
-        raise ConfigError(where, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _choice(
-    data: Mapping[str, Any], key: str, default: str, choices: tuple[str, ...], path: str
-) -> str:
-    value = data.get(key, default)
-    if value not in choices:
-        raise ConfigError(f"{path}.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
-    return str(value)
-
-
-def _host_port(data: Any, path: str, default: HostPort) -> HostPort:
+def _host_port(data: Any, path: str) -> HostPort:
+    default = _FIELDS[path].default
+    assert isinstance(default, HostPort)
     d = _mapping(data, path)
     _no_unknown(d, {"address", "port"}, path)
-    address = _str(d, "address", default.address, path) or default.address
+    address = d.get("address", default.address)
+    if not isinstance(address, str):
+        raise ConfigError(f"{path}.address", f"must be an IP address, got {address!r}")
     try:
         ipaddress.ip_address(address)
     except ValueError as e:
         raise ConfigError(f"{path}.address", f"must be an IP address, got {address!r}") from e
-    port = _int(d, "port", default.port, path, 1)
-    if port > 65535:
-        raise ConfigError(f"{path}.port", f"must be <= 65535, got {port}")
+    port = d.get("port", default.port)
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise ConfigError(f"{path}.port", f"must be an integer, got {port!r}")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{path}.port", f"must be in 1..65535, got {port}")
     return HostPort(address, port)
 
 
-def _health(data: Any, path: str, base: HealthConfig) -> HealthConfig:
-    d = _mapping(data, path)
-    _no_unknown(
-        d,
-        {
-            "enabled",
-            "interval_s",
-            "timeout_s",
-            "healthy_threshold",
-            "unhealthy_threshold",
-            "expected_word",
-            "language",
-        },
-        path,
-    )
-    enabled = d.get("enabled", base.enabled)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"{path}.enabled", f"must be true or false, got {enabled!r}")
-    return HealthConfig(
-        enabled=enabled,
-        interval_s=_num(d, "interval_s", base.interval_s, path, 0.05),
-        timeout_s=_num(d, "timeout_s", base.timeout_s, path, 0.05),
-        healthy_threshold=_int(d, "healthy_threshold", base.healthy_threshold, path, 1),
-        unhealthy_threshold=_int(d, "unhealthy_threshold", base.unhealthy_threshold, path, 1),
-        expected_word=_str(d, "expected_word", base.expected_word, path),
-        language=_str(d, "language", base.language, path),
-    )
-
-
-def _backend(data: Any, path: str, health_defaults: HealthConfig) -> BackendConfig:
-    d = _mapping(data, path)
-    _no_unknown(
-        d, {"url", "models", "type", "max_concurrency", "api_key_env", "health", "launch"}, path
-    )
-    url = _str(d, "url", None, path)
+def _url(d: Mapping[str, Any], path: str) -> str:
+    url = d.get("url")
     if url is None:
         raise ConfigError(f"{path}.url", "is required")
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{path}.url", f"must be a non-empty string, got {url!r}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{path}.url", f"must be http(s)://host:port, got {url!r}")
@@ -242,6 +241,10 @@ def _backend(data: Any, path: str, health_defaults: HealthConfig) -> BackendConf
         _ = parts.port
     except ValueError as e:
         raise ConfigError(f"{path}.url", f"bad port in {url!r}") from e
+    return url.rstrip("/")
+
+
+def _models(d: Mapping[str, Any], path: str) -> tuple[str, ...]:
     models = d.get("models")
     if isinstance(models, str):
         models = [models]
@@ -253,85 +256,47 @@ def _backend(data: Any, path: str, health_defaults: HealthConfig) -> BackendConf
             raise ConfigError(f"{path}.models[{i}]", f"not a valid model name: {m!r}")
     if len(set(models)) != len(models):
         raise ConfigError(f"{path}.models", "lists a model twice")
-    launch = d.get("launch")
-    if launch is not None and launch not in LAUNCH_KINDS:
-        raise ConfigError(f"{path}.launch", f"must be one of {', '.join(LAUNCH_KINDS)}")
-    return BackendConfig(
-        url=url.rstrip("/"),
-        models=tuple(models),
-        type=_choice(d, "type", "transcription", BACKEND_TYPES, path),
-        max_concurrency=_int(d, "max_concurrency", 4, path, 1),
-        api_key_env=_str(d, "api_key_env", None, path),
-        health=_health(d.get("health"), f"{path}.health", health_defaults),
-        launch=launch,
-    )
+    return tuple(models)
 
 
-def parse_config(data: Any) -> GatewayConfig:
-    """Validate a decoded YAML document into a GatewayConfig (pure)."""
-    d = _mapping(data, "config")
-    _no_unknown(
-        d,
-        {
-            "listener",
-            "envoy_admin",
-            "xds",
-            "admin",
-            "limits",
-            "routing",
-            "outlier",
-            "health",
-            "backends",
-            "node_id",
-            "dns_refresh_s",
-            "envoy_workers",
-        },
-        "",
+def _backend(data: Any, path: str, health_defaults: HealthConfig) -> BackendConfig:
+    d = _mapping(data, path)
+    fields = {f.name: f for f in dataclasses.fields(BackendConfig)}
+    _no_unknown(d, set(fields), path)
+    url = _url(d, path)
+    models = _models(d, path)
+    for name in ("type", "launch"):
+        allowed = BACKEND_TYPES if name == "type" else LAUNCH_KINDS
+        if name in d and d[name] not in allowed:
+            raise ConfigError(f"{path}.{name}", f"must be one of {', '.join(allowed)}")
+    default = BackendConfig(url, models)
+    scalar = {
+        n: _value(fields[n], d[n], f"{path}.{n}")
+        for n in ("max_concurrency", "api_key_env")
+        if n in d
+    }
+    backend = dataclasses.replace(
+        default,
+        type=d.get("type", default.type),
+        launch=d.get("launch"),
+        health=_section(HealthConfig, d.get("health"), f"{path}.health", health_defaults),
+        **scalar,
     )
-    lim = _mapping(d.get("limits"), "limits")
-    _no_unknown(
-        lim,
-        {
-            "max_upload_mb",
-            "request_headers_timeout_s",
-            "idle_timeout_s",
-            "connect_timeout_s",
-            "drain_time_s",
-        },
-        "limits",
-    )
-    limits = LimitsConfig(
-        max_upload_mb=_num(lim, "max_upload_mb", 25.0, "limits", 0.001),
-        request_headers_timeout_s=_num(lim, "request_headers_timeout_s", 10.0, "limits", 0.1),
-        idle_timeout_s=_num(lim, "idle_timeout_s", 900.0, "limits", 0.1),
-        connect_timeout_s=_num(lim, "connect_timeout_s", 2.0, "limits", 0.01),
-        drain_time_s=_num(lim, "drain_time_s", 30.0, "limits", 0.0),
-    )
-    if limits.max_upload_mb > 1024:
-        raise ConfigError("limits.max_upload_mb", "must be <= 1024 (Envoy buffers the upload)")
-    rt = _mapping(d.get("routing"), "routing")
-    _no_unknown(rt, {"policy", "retries"}, "routing")
-    routing = RoutingConfig(
-        policy=_choice(rt, "policy", "least_request", POLICIES, "routing"),
-        retries=_int(rt, "retries", 2, "routing", 0),
-    )
-    od = _mapping(d.get("outlier"), "outlier")
-    _no_unknown(
-        od,
-        {"consecutive_5xx", "consecutive_gateway_failure", "interval_s", "base_ejection_time_s"},
-        "outlier",
-    )
-    outlier = OutlierConfig(
-        consecutive_5xx=_int(od, "consecutive_5xx", 3, "outlier", 1),
-        consecutive_gateway_failure=_int(od, "consecutive_gateway_failure", 2, "outlier", 1),
-        interval_s=_num(od, "interval_s", 1.0, "outlier", 0.1),
-        base_ejection_time_s=_num(od, "base_ejection_time_s", 3.0, "outlier", 0.1),
-    )
-    health = _health(d.get("health"), "health", HealthConfig())
-    raw_backends = d.get("backends")
-    if not isinstance(raw_backends, list) or not raw_backends:
-        raise ConfigError("backends", "must be a non-empty list")
-    backends = tuple(_backend(b, f"backends[{i}]", health) for i, b in enumerate(raw_backends))
+    if backend.launch == "cpu" and len(models) > 1:
+        raise ConfigError(
+            f"{path}.launch",
+            "a launched whisper_backend serves one model: give each model its own backend "
+            "entry on its own port",
+        )
+    if backend.max_concurrency < len(models):
+        raise ConfigError(
+            f"{path}.max_concurrency",
+            f"must be >= the number of models ({len(models)}): the limit is split between them",
+        )
+    return backend
+
+
+def _check_backends(backends: tuple[BackendConfig, ...]) -> None:
     seen: dict[tuple[str, int], int] = {}
     for i, b in enumerate(backends):
         key = (b.host, b.port)
@@ -348,39 +313,47 @@ def parse_config(data: Any) -> GatewayConfig:
                     f"backends[{i}].url",
                     f"model {m!r} is served over both http and https (see backends[{first}])",
                 )
+
+
+def parse_config(data: Any) -> GatewayConfig:
+    """Validate a decoded YAML document into a GatewayConfig (pure)."""
+    d = _mapping(data, "config")
+    _no_unknown(d, set(_FIELDS), "")
+    routing = _section(RoutingConfig, d.get("routing"), "routing")
+    if routing.policy not in POLICIES:
+        raise ConfigError(
+            "routing.policy", f"must be one of {', '.join(POLICIES)}, got {routing.policy!r}"
+        )
+    health = _section(HealthConfig, d.get("health"), "health")
+    raw_backends = d.get("backends")
+    if not isinstance(raw_backends, list) or not raw_backends:
+        raise ConfigError("backends", "must be a non-empty list")
+    backends = tuple(_backend(b, f"backends[{i}]", health) for i, b in enumerate(raw_backends))
+    _check_backends(backends)
+    top = {
+        n: _value(_FIELDS[n], d[n], n)
+        for n in ("node_id", "dns_refresh_s", "envoy_workers")
+        if n in d
+    }
     cfg = GatewayConfig(
-        listener=_host_port(d.get("listener"), "listener", HostPort("127.0.0.1", 8000)),
-        envoy_admin=_host_port(d.get("envoy_admin"), "envoy_admin", HostPort("127.0.0.1", 9901)),
-        xds=_host_port(d.get("xds"), "xds", HostPort("127.0.0.1", 18000)),
-        admin=_host_port(d.get("admin"), "admin", HostPort("127.0.0.1", 19000)),
-        limits=limits,
+        listener=_host_port(d.get("listener"), "listener"),
+        envoy_admin=_host_port(d.get("envoy_admin"), "envoy_admin"),
+        xds=_host_port(d.get("xds"), "xds"),
+        admin=_host_port(d.get("admin"), "admin"),
+        limits=_section(LimitsConfig, d.get("limits"), "limits"),
         routing=routing,
-        outlier=outlier,
+        outlier=_section(OutlierConfig, d.get("outlier"), "outlier"),
         health=health,
         backends=backends,
-        node_id=_str(d, "node_id", "gateway", "") or "gateway",
-        dns_refresh_s=_top_num(d, "dns_refresh_s", 30.0, 1.0),
-        envoy_workers=int(_top_num(d, "envoy_workers", 1, 1)),
+        **top,
     )
-    ports = {
-        "listener": cfg.listener,
-        "envoy_admin": cfg.envoy_admin,
-        "xds": cfg.xds,
-        "admin": cfg.admin,
-    }
     used: dict[tuple[str, int], str] = {}
-    for name, hp in ports.items():
+    for name in ("listener", "envoy_admin", "xds", "admin"):
+        hp = getattr(cfg, name)
         if (hp.address, hp.port) in used:
             raise ConfigError(f"{name}.port", f"same address as {used[(hp.address, hp.port)]}")
         used[(hp.address, hp.port)] = name
     return cfg
-
-
-def _top_num(d: Mapping[str, Any], key: str, default: float, minimum: float) -> float:
-    try:
-        return _num(d, key, default, "", minimum)
-    except ConfigError as e:
-        raise ConfigError(key, e.reason) from None
 
 
 def load_config(path: str | Path) -> GatewayConfig:

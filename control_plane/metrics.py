@@ -65,30 +65,59 @@ class ControlPlaneCollector(Collector):
         yield refused
         health = GaugeMetricFamily(
             "whisper_gateway_endpoint_health",
-            "1 for the endpoint's current health",
-            labels=["endpoint", "health"],
+            "1 for the endpoint's current health for a model",
+            labels=["endpoint", "model", "health"],
         )
         for e in cp.endpoints():
-            for h in EndpointHealth:
-                health.add_metric([e.key, h.value], 1 if e.health is h else 0)
+            for m, mh in e.model_health.items():
+                for h in EndpointHealth:
+                    health.add_metric([e.key, m, h.value], 1 if mh is h else 0)
         yield health
+        tasks = GaugeMetricFamily(
+            "whisper_gateway_task_running",
+            "1 while a supervised background task runs",
+            labels=["task"],
+        )
+        restarts = CounterMetricFamily(
+            "whisper_gateway_task_restarts",
+            "restarts of a supervised background task after an error",
+            labels=["task"],
+        )
+        for info in cp.tasks.info.values():
+            tasks.add_metric([info.name], 1 if info.state == "running" else 0)
+            restarts.add_metric([info.name], info.restarts)
+        yield from (tasks, restarts)
+        stats = cp.reconciler.stats
+        events = CounterMetricFamily(
+            "whisper_gateway_reconciler_events", "events posted to the reconciler", labels=["kind"]
+        )
+        for kind, n in stats.events.items():
+            events.add_metric([kind], n)
+        pushes = CounterMetricFamily(
+            "whisper_gateway_reconciler_pushes", "snapshots published by the reconciler"
+        )
+        pushes.add_metric([], stats.pushes)
+        batches = CounterMetricFamily(
+            "whisper_gateway_reconciler_batches", "event batches folded (after debounce)"
+        )
+        batches.add_metric([], stats.batches)
+        yield from (events, pushes, batches)
         probes = CounterMetricFamily(
-            "whisper_gateway_probes", "health probes sent", labels=["endpoint"]
+            "whisper_gateway_probes", "health probes sent", labels=["target"]
         )
         failures = CounterMetricFamily(
-            "whisper_gateway_probe_failures", "health probes failed", labels=["endpoint"]
+            "whisper_gateway_probe_failures", "health probes failed", labels=["target"]
         )
         latency = GaugeMetricFamily(
             "whisper_gateway_probe_latency_seconds",
             "latency of the last probe",
-            labels=["endpoint"],
+            labels=["target"],
         )
-        if cp.health_monitor is not None:
-            for key, ps in cp.health_monitor.snapshot().items():
-                probes.add_metric([key], ps.probes_total)
-                failures.add_metric([key], ps.failures_total)
-                if ps.last_latency_ms is not None:
-                    latency.add_metric([key], ps.last_latency_ms / 1000)
+        for key, ps in cp.health_monitor.snapshot().items():
+            probes.add_metric([key], ps.probes_total)
+            failures.add_metric([key], ps.failures_total)
+            if ps.last_latency_ms is not None:
+                latency.add_metric([key], ps.last_latency_ms / 1000)
         yield from (probes, failures, latency)
 
 

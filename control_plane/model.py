@@ -1,28 +1,98 @@
 """The intermediate model: what Envoy must do, free of YAML and of protobuf.
 
-Built by a pure function from the config, the resolved addresses of each
-backend and the health of each endpoint, so every translator downstream sees
-one consistent picture.
+Two halves, both frozen values with types of their own (no config class is
+imported here, so a new input such as router flags or Kubernetes only writes
+a new front end):
+
+* `GatewaySpec`, what the operator asked for: backends, models, limits;
+* `GatewayModel`, what Envoy must do now: the spec joined with the runtime
+  state (addresses, health per endpoint and model, draining), built by the
+  pure `build_model`, so every translator downstream sees one picture.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from enum import StrEnum
 
-from control_plane.config import BackendConfig, GatewayConfig, HostPort, LimitsConfig, OutlierConfig
-
 
 class EndpointHealth(StrEnum):
-    """What the control plane knows of an endpoint; UNKNOWN gets no traffic."""
+    """What the control plane knows of an endpoint for one model; UNKNOWN gets no traffic."""
 
     UNKNOWN = "UNKNOWN"
     HEALTHY = "HEALTHY"
     UNHEALTHY = "UNHEALTHY"
     DRAINING = "DRAINING"
+
+
+@dataclass(frozen=True)
+class Listen:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_mb: float
+    request_headers_timeout_s: float
+    idle_timeout_s: float
+    connect_timeout_s: float
+    drain_time_s: float
+
+
+@dataclass(frozen=True)
+class Outlier:
+    consecutive_5xx: int
+    consecutive_gateway_failure: int
+    interval_s: float
+    base_ejection_time_s: float
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """How a backend is probed; None on a BackendSpec means probes are off."""
+
+    interval_s: float
+    timeout_s: float
+    healthy_threshold: int
+    unhealthy_threshold: int
+    expected_word: str | None
+    language: str | None
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    url: str
+    host: str
+    port: int
+    tls: bool
+    models: tuple[str, ...]
+    max_concurrency: int
+    probe: ProbeSpec | None
+    api_key_env: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    listener: Listen
+    limits: Limits
+    outlier: Outlier
+    policy: str
+    retries: int
+    backends: tuple[BackendSpec, ...]
+    dns_refresh_s: float = 30.0
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every served model, in first-seen order."""
+        seen: dict[str, None] = {}
+        for b in self.backends:
+            for m in b.models:
+                seen.setdefault(m, None)
+        return tuple(seen)
 
 
 @dataclass(frozen=True)
@@ -45,9 +115,9 @@ class ModelCluster:
 
 @dataclass(frozen=True)
 class GatewayModel:
-    listener: HostPort
-    limits: LimitsConfig
-    outlier: OutlierConfig
+    listener: Listen
+    limits: Limits
+    outlier: Outlier
     policy: str
     retries: int
     clusters: tuple[ModelCluster, ...]
@@ -58,6 +128,9 @@ class GatewayModel:
 
 
 UNROUTED_CLUSTER = "gateway_unrouted"
+
+#: Health is kept per (endpoint key, model): one broken model leaves the others served.
+HealthKey = tuple[str, str]
 
 
 def cluster_name(model: str) -> str:
@@ -71,58 +144,68 @@ def endpoint_key(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def endpoint_health(backend: BackendConfig, known: EndpointHealth | None) -> EndpointHealth:
-    """An unprobed endpoint is UNKNOWN (no traffic); with probes off it is HEALTHY
-    unless an operator drains it."""
-    if not backend.health.enabled:
-        return (
-            EndpointHealth.DRAINING if known is EndpointHealth.DRAINING else EndpointHealth.HEALTHY
-        )
+def per_model_share(backend: BackendSpec) -> int:
+    """The backend's concurrency budget split over its models.
+
+    Envoy's per-host limit lives in each model's cluster, so a backend in two
+    clusters would get twice its limit; splitting keeps the sum within it.
+    """
+    return max(1, backend.max_concurrency // len(backend.models))
+
+
+def endpoint_health(
+    backend: BackendSpec, known: EndpointHealth | None, draining: bool
+) -> EndpointHealth:
+    """Draining wins; an unprobed endpoint is UNKNOWN (no traffic); with probes off
+    it is HEALTHY."""
+    if draining:
+        return EndpointHealth.DRAINING
+    if backend.probe is None:
+        return EndpointHealth.HEALTHY
     return known or EndpointHealth.UNKNOWN
 
 
 def build_model(
-    config: GatewayConfig,
+    spec: GatewaySpec,
     resolved: Mapping[str, tuple[str, ...]],
-    health: Mapping[str, EndpointHealth],
+    health: Mapping[HealthKey, EndpointHealth],
+    draining: Set[str] = frozenset(),
 ) -> GatewayModel:
-    """Config + addresses per backend URL + health per endpoint key -> model (pure).
+    """Spec + addresses per backend URL + health per (endpoint, model) -> model (pure).
 
-    A backend whose host has not resolved yet has no endpoints; an endpoint
-    with no health record is UNKNOWN unless probes are off for its backend.
+    A backend whose host has not resolved yet has no endpoints; two host names
+    resolving to one address make one endpoint per model, not two.
     """
-    per_model: dict[str, list[Endpoint]] = {m: [] for m in config.models}
+    per_model: dict[str, dict[str, Endpoint]] = {m: {} for m in spec.models}
     limits: dict[str, int] = {}
     tls: dict[str, bool] = {}
-    for backend in config.backends:
-        addresses = resolved.get(backend.url, ())
-        for address in addresses:
-            key = endpoint_key(address, backend.port)
-            state = endpoint_health(backend, health.get(key))
-            ep = Endpoint(key, address, backend.port, backend.url, state)
-            for m in backend.models:
-                # Two host names may resolve to one address: one endpoint, not two.
-                if all(e.key != key for e in per_model[m]):
-                    per_model[m].append(ep)
+    for backend in spec.backends:
+        share = per_model_share(backend)
         for m in backend.models:
+            for address in resolved.get(backend.url, ()):
+                key = endpoint_key(address, backend.port)
+                if key in per_model[m]:
+                    continue
+                state = endpoint_health(backend, health.get((key, m)), key in draining)
+                per_model[m][key] = Endpoint(key, address, backend.port, backend.url, state)
             # Envoy's per-host limit is one number per cluster: the tightest wins.
-            limits[m] = min(limits.get(m, backend.max_concurrency), backend.max_concurrency)
+            limits[m] = min(limits.get(m, share), share)
             tls[m] = tls.get(m, False) or backend.tls
     clusters = tuple(
         ModelCluster(
             model=m,
             cluster_name=cluster_name(m),
-            endpoints=tuple(sorted(eps, key=lambda e: e.key)),
+            endpoints=tuple(eps[k] for k in sorted(eps)),
             max_concurrency_per_host=limits[m],
             tls=tls[m],
         )
         for m, eps in per_model.items()
     )
     return GatewayModel(
-        listener=config.listener,
-        limits=config.limits,
-        outlier=config.outlier,
-        policy=config.routing.policy,
-        retries=config.routing.retries,
+        listener=spec.listener,
+        limits=spec.limits,
+        outlier=spec.outlier,
+        policy=spec.policy,
+        retries=spec.retries,
         clusters=clusters,
     )

@@ -6,11 +6,11 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from support.snapshots import A, B, snap
+from support.snapshots import A, B, model_from, snap
 
 from control_plane.cache import SnapshotCache
 from control_plane.config import parse_config
-from control_plane.model import EndpointHealth, build_model, cluster_name
+from control_plane.model import EndpointHealth, cluster_name
 from control_plane.resources import build_snapshot, load_lua_template
 from control_plane.snapshot import (
     CLUSTER,

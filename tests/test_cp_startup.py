@@ -41,7 +41,9 @@ async def test_xds_port_opens_after_the_first_verdicts(tmp_path: Path) -> None:
             assert s.connect_ex(("127.0.0.1", xds_port)) != 0
         await asyncio.wait_for(starting, 15)
         key = f"127.0.0.1:{port}"
-        assert cp.health[key] is EndpointHealth.HEALTHY  # the first EDS will say so
+        assert (
+            cp.state.health[(key, "fake/slow")] is EndpointHealth.HEALTHY
+        )  # the first EDS will say so
         with socket.create_connection(("127.0.0.1", xds_port), timeout=2):
             pass
     finally:

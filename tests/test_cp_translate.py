@@ -25,13 +25,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from google.protobuf import message
+from support.snapshots import model_from
 
 from control_plane.config import GatewayConfig, parse_config
 from control_plane.model import (
     UNROUTED_CLUSTER,
     EndpointHealth,
     GatewayModel,
-    build_model,
     cluster_name,
     endpoint_key,
 )
@@ -92,7 +92,7 @@ def config(**overrides: Any) -> GatewayConfig:
 def gateway_model(
     cfg: GatewayConfig | None = None, health: dict[str, EndpointHealth] | None = None
 ) -> GatewayModel:
-    return build_model(cfg or config(), RESOLVED, {**HEALTH, **(health or {})})
+    return model_from(cfg or config(), RESOLVED, {**HEALTH, **(health or {})})
 
 
 def clusters_by_name() -> dict[str, cluster_pb2.Cluster]:
@@ -137,7 +137,7 @@ def test_cluster_name_is_stat_safe_and_collision_free() -> None:
 
 
 def test_unresolved_backend_has_no_endpoints() -> None:
-    m = build_model(config(), {}, {})
+    m = model_from(config(), {}, {})
     assert all(c.endpoints == () for c in m.clusters)
 
 
@@ -172,19 +172,21 @@ def test_cluster_lb_policy_least_request() -> None:
         assert c.lb_policy == cluster_pb2.Cluster.LbPolicy.LEAST_REQUEST
 
 
-def test_per_host_max_connections_is_tightest_backend() -> None:
+def test_per_host_max_connections_splits_shared_backends() -> None:
+    """8003 serves TINY and BASE with max_concurrency 2: one slot in each cluster, so
+    its two clusters together never exceed 2; the tightest backend sets a cluster's limit."""
     cs = clusters_by_name()
     per_host = {
         n: c.circuit_breakers.per_host_thresholds[0].max_connections.value
         for n, c in cs.items()
         if n != UNROUTED_CLUSTER
     }
-    assert per_host == {cluster_name(TINY): 2, cluster_name(BASE): 1, cluster_name(ODD): 4}
+    assert per_host == {cluster_name(TINY): 1, cluster_name(BASE): 1, cluster_name(ODD): 4}
 
 
 def test_https_backend_gets_tls_socket() -> None:
     cfg = parse_config({"backends": [{"url": "https://127.0.0.1:8443", "models": ["m"]}]})
-    m = build_model(cfg, {"https://127.0.0.1:8443": ("127.0.0.1",)}, {})
+    m = model_from(cfg, {"https://127.0.0.1:8443": ("127.0.0.1",)}, {})
     (c,) = build_clusters(m)[1:]
     assert c.transport_socket.name == "envoy.transport_sockets.tls"
     assert m.clusters[0].endpoints[0].port == 8443
@@ -225,7 +227,7 @@ def test_endpoints_and_health_mapping() -> None:
 
 
 def test_health_disabled_backend_without_record_is_healthy_and_can_drain() -> None:
-    m = build_model(config(), RESOLVED, {})
+    m = model_from(config(), RESOLVED, {})
     odd = next(c for c in m.clusters if c.model == ODD)
     assert [e.health for e in odd.endpoints] == [EndpointHealth.HEALTHY]
     m = gateway_model(health={"127.0.0.1:8005": EndpointHealth.DRAINING})
@@ -394,7 +396,7 @@ def test_local_reply_mappers() -> None:
 
 
 def snapshot_versions(cfg: GatewayConfig, health: dict[str, EndpointHealth]) -> dict[str, str]:
-    return build_snapshot(build_model(cfg, RESOLVED, health), load_lua_template()).versions()
+    return build_snapshot(model_from(cfg, RESOLVED, health), load_lua_template()).versions()
 
 
 def test_versions_deterministic_across_processes() -> None:
@@ -407,7 +409,7 @@ def test_versions_deterministic_across_processes() -> None:
     )
     outs = []
     for seed in ("1", "4242"):
-        env = {**os.environ, "PYTHONHASHSEED": seed}
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT / "tests")}
         proc = subprocess.run(
             [str(ROOT / ".venv" / "bin" / "python"), "-c", code],
             cwd=ROOT,
@@ -666,7 +668,7 @@ def test_two_names_resolving_to_one_address_make_one_endpoint() -> None:
         }
     )
     resolved = {"http://a.test:9000": ("127.0.0.5",), "http://b.test:9000": ("127.0.0.5",)}
-    (cluster,) = build_model(cfg, resolved, {}).clusters
+    (cluster,) = model_from(cfg, resolved, {}).clusters
     assert [e.key for e in cluster.endpoints] == ["127.0.0.5:9000"]
 
 

@@ -19,6 +19,7 @@ from support.procs import free_port, start_fake
 from control_plane.app import ControlPlane
 from control_plane.config import parse_config
 from control_plane.model import EndpointHealth
+from control_plane.reconciler import target_key
 
 MODEL = "fake/fast"
 
@@ -67,18 +68,22 @@ async def test_host_name_resolving_to_several_addresses(tmp_path: Path) -> None:
     one, two = f"127.0.0.1:{port}", f"127.0.0.2:{port}"
     try:
         await cp.start()
-        assert {t.key for t in cp.probe_targets()} == {one, two}
+        assert {t.key for t in cp.probe_targets()} == {target_key(k, MODEL) for k in (one, two)}
         gw.start_envoy_with(write_bootstrap(gw), wait=False)
         await asyncio.to_thread(gw.wait_envoy_live)
-        await until(lambda: all(cp.health.get(k) is EndpointHealth.HEALTHY for k in (one, two)))
+        await until(
+            lambda: all(
+                cp.state.health.get((k, MODEL)) is EndpointHealth.HEALTHY for k in (one, two)
+            )
+        )
         out = await send(gw.url, 16)
         assert out.counts["ok"] == 16, out
         assert set(out.backends) == {one, two}
         # The name now answers one address: that endpoint alone stays, probed and routed.
         answers["fleet.test"] = ("127.0.0.2",)
         assert await cp.refresh_addresses()
-        assert {t.key for t in cp.probe_targets()} == {two}
-        assert set(cp.health_monitor.snapshot()) == {two}  # type: ignore[union-attr]
+        assert {t.key for t in cp.probe_targets()} == {target_key(two, MODEL)}
+        assert set(cp.health_monitor.snapshot()) == {target_key(two, MODEL)}
         assert cp.ads is not None
         assert await cp.ads.wait_acked(
             "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",

@@ -185,4 +185,7 @@ def test_admin_metrics_read_the_live_state(gw: Gateway, fast_fakes: list[int]) -
         assert f'whisper_gateway_xds_sync{{state="SYNCED",type="{t}"}} 1.0' in text
         assert f'whisper_gateway_xds_nacks_total{{type="{t}"}} 0.0' in text
     key = f"127.0.0.1:{fast_fakes[0]}"
-    assert f'whisper_gateway_endpoint_health{{endpoint="{key}",health="HEALTHY"}} 1.0' in text
+    assert (
+        f'whisper_gateway_endpoint_health{{endpoint="{key}",health="HEALTHY",model="{FAST_A}"}} 1.0'
+        in text
+    )

@@ -1,15 +1,38 @@
-"""A snapshot built the real way (config -> model -> translators) for protocol tests."""
+"""Models and snapshots built the real way (config -> spec -> model -> translators)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from control_plane.config import parse_config
-from control_plane.model import EndpointHealth, build_model
+from control_plane.config import GatewayConfig, parse_config
+from control_plane.frontend import spec_from_config
+from control_plane.model import EndpointHealth, GatewayModel, HealthKey, build_model
 from control_plane.resources import build_snapshot, load_lua_template
 from control_plane.snapshot import Snapshot
 
 A, B = "model-a", "model-b"
+
+
+def model_from(
+    cfg: GatewayConfig,
+    resolved: Mapping[str, tuple[str, ...]],
+    health: Mapping[str | HealthKey, EndpointHealth],
+    draining: Iterable[str] = (),
+) -> GatewayModel:
+    """build_model from a config; an endpoint key alone sets every model's health,
+    and DRAINING on it means drained."""
+    spec = spec_from_config(cfg)
+    per_model: dict[HealthKey, EndpointHealth] = {}
+    drained = set(draining)
+    for key, h in health.items():
+        if isinstance(key, tuple):
+            per_model[key] = h
+        elif h is EndpointHealth.DRAINING:
+            drained.add(key)
+        else:
+            per_model.update({(key, m): h for m in spec.models})
+    return build_model(spec, resolved, per_model, frozenset(drained))
 
 
 def snap(
@@ -29,5 +52,7 @@ def snap(
     cfg = parse_config(doc)
     resolved = {b.url: ("127.0.0.1",) for b in cfg.backends}
     state = EndpointHealth.HEALTHY if healthy else EndpointHealth.UNHEALTHY
-    health = {f"127.0.0.1:{8100 + i}": state for i in range(len(models))}
-    return build_snapshot(build_model(cfg, resolved, health), load_lua_template())
+    health: dict[str | HealthKey, EndpointHealth] = {
+        f"127.0.0.1:{8100 + i}": state for i in range(len(models))
+    }
+    return build_snapshot(model_from(cfg, resolved, health), load_lua_template())

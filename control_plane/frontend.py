@@ -1,0 +1,50 @@
+"""The YAML front end: a validated GatewayConfig becomes the model's GatewaySpec (pure).
+
+The only module that knows both the input schema and the intermediate model;
+another input (router flags, Kubernetes) writes a function like this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from control_plane.config import BackendConfig, GatewayConfig
+from control_plane.model import BackendSpec, GatewaySpec, Limits, Listen, Outlier, ProbeSpec
+
+
+def _backend(b: BackendConfig) -> BackendSpec:
+    h = b.health
+    probe = (
+        ProbeSpec(
+            interval_s=h.interval_s,
+            timeout_s=h.timeout_s,
+            healthy_threshold=h.healthy_threshold,
+            unhealthy_threshold=h.unhealthy_threshold,
+            expected_word=h.expected_word,
+            language=h.language,
+        )
+        if h.enabled
+        else None
+    )
+    return BackendSpec(
+        url=b.url,
+        host=b.host,
+        port=b.port,
+        tls=b.tls,
+        models=b.models,
+        max_concurrency=b.max_concurrency,
+        probe=probe,
+        api_key_env=b.api_key_env,
+    )
+
+
+def spec_from_config(config: GatewayConfig) -> GatewaySpec:
+    return GatewaySpec(
+        listener=Listen(config.listener.address, config.listener.port),
+        limits=Limits(**asdict(config.limits)),
+        outlier=Outlier(**asdict(config.outlier)),
+        policy=config.routing.policy,
+        retries=config.routing.retries,
+        backends=tuple(_backend(b) for b in config.backends),
+        dns_refresh_s=config.dns_refresh_s,
+    )
