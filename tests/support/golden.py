@@ -1,0 +1,119 @@
+"""Golden snapshots: a case folder in, the full snapshot as JSON out, and a static
+Envoy bootstrap made from it so the real Envoy can validate what we would push."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from google.protobuf import json_format
+
+from control_plane.config import load_config
+from control_plane.frontend import spec_from_config
+from control_plane.model import EndpointHealth, HealthKey, build_model
+from control_plane.reconciler import fixed_addresses
+from control_plane.resources import build_snapshot, load_lua_template
+from control_plane.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    SHORT_NAMES,
+    Snapshot,
+    merge_for_removal,
+)
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+
+
+def cases() -> list[str]:
+    return sorted(p.name for p in GOLDEN.iterdir() if (p / "config.yaml").is_file())
+
+
+def _snapshot(config_path: Path, state: dict[str, Any]) -> Snapshot:
+    spec = spec_from_config(load_config(config_path))
+    given = {url: tuple(a) for url, a in (state.get("resolved") or {}).items()}
+    resolved = {**fixed_addresses(spec), **given}
+    health: dict[HealthKey, EndpointHealth] = {}
+    for line in state.get("health") or []:
+        endpoint, model, status = line.split()
+        health[(endpoint, model)] = EndpointHealth(status)
+    model = build_model(spec, resolved, health, frozenset(state.get("draining") or ()))
+    return build_snapshot(model, load_lua_template())
+
+
+def case_snapshot(case: str) -> Snapshot:
+    """config.yaml with state.yaml (addresses, health lines, drains); with before.yaml,
+    the first of the two pushes that remove what before.yaml had."""
+    folder = GOLDEN / case
+    state_file = folder / "state.yaml"
+    state = yaml.safe_load(state_file.read_text()) if state_file.is_file() else {}
+    snap = _snapshot(folder / "config.yaml", state or {})
+    if (folder / "before.yaml").is_file():
+        before = _snapshot(folder / "before.yaml", state or {})
+        first = merge_for_removal(before, snap)
+        assert first is not None, f"{case}: before.yaml removes no cluster"
+        return first
+    return snap
+
+
+def to_json(snap: Snapshot) -> dict[str, Any]:
+    return {
+        SHORT_NAMES[t]: {
+            "version": snap.version(t),
+            "resources": [
+                json_format.MessageToDict(m, preserving_proto_field_name=True)
+                for m in snap.select(t, [])
+            ],
+        }
+        for t in PUSH_ORDER
+    }
+
+
+def static_bootstrap(snap: Snapshot) -> dict[str, Any]:
+    """The snapshot as static resources: EDS clusters carry their endpoints, the
+    listener carries its routes, so `envoy --mode validate` checks every field."""
+    boot = bootstrap_pb2.Bootstrap()
+    boot.node.id = "golden"
+    boot.node.cluster = "golden"
+    addr = boot.admin.address.socket_address
+    addr.address, addr.port_value = "127.0.0.1", 0
+    for c in snap.select(CLUSTER, []):
+        assert isinstance(c, cluster_pb2.Cluster)
+        static = boot.static_resources.clusters.add()
+        static.CopyFrom(c)
+        if c.type == cluster_pb2.Cluster.DiscoveryType.EDS:
+            cla = snap.items(ENDPOINT)[c.eds_cluster_config.service_name or c.name]
+            assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
+            static.ClearField("eds_cluster_config")
+            static.type = cluster_pb2.Cluster.DiscoveryType.STATIC
+            static.load_assignment.CopyFrom(cla)
+    routes = snap.items(ROUTE)
+    for lst in snap.select(LISTENER, []):
+        static_lst = boot.static_resources.listeners.add()
+        static_lst.CopyFrom(lst)
+        for chain in static_lst.filter_chains:
+            for f in chain.filters:
+                manager = hcm.HttpConnectionManager()
+                if f.typed_config.Unpack(manager) and manager.HasField("rds"):
+                    manager.route_config.CopyFrom(routes[manager.rds.route_config_name])
+                    manager.ClearField("rds")
+                    f.typed_config.Pack(manager)
+    return json_format.MessageToDict(boot, preserving_proto_field_name=True)
+
+
+def write_case(case: str) -> None:
+    path = GOLDEN / case / "snapshot.json"
+    path.write_text(json.dumps(to_json(case_snapshot(case)), indent=1, sort_keys=True) + "\n")
+
+
+__all__ = ["GOLDEN", "case_snapshot", "cases", "static_bootstrap", "to_json"]
