@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 up: $(STAMP)
-	$(PY) -m control_plane.up $(if $(CONFIG),--config $(CONFIG),)
+	$(PY) -m gateway_supervisor $(if $(CONFIG),--config $(CONFIG),)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

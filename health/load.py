@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from dataclasses import dataclass, replace
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from health.probe import ProbeResult
 
@@ -35,9 +35,6 @@ MAX_METRICS_BYTES = 8 << 20
 #: Upper bound of the /metrics timeout (the probe's timeout_s if smaller).
 METRICS_TIMEOUT_S = 2.0
 
-_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-
-
 @dataclass(frozen=True)
 class BackendLoad:
     """One /metrics reading. `finished` is None when no progress counter is exported."""
@@ -46,50 +43,17 @@ class BackendLoad:
     in_flight: float
 
 
-def _sample(line: str) -> tuple[str, float] | None:
-    """(name, value) of one exposition-format sample line; None for comments and junk."""
-    line = line.strip()
-    if not line or line.startswith("#"):
-        return None
-    m = _NAME.match(line)
-    if m is None:
-        return None
-    name, i = m.group(), m.end()
-    if i < len(line) and line[i] == "{":
-        # Skip the label set; label values are quoted and may hold '}' or escaped quotes.
-        i += 1
-        quoted = False
-        while i < len(line):
-            c = line[i]
-            if quoted and c == "\\":
-                i += 2
-                continue
-            if c == '"':
-                quoted = not quoted
-            elif c == "}" and not quoted:
-                break
-            i += 1
-        else:
-            return None  # unterminated label set
-        i += 1
-    rest = line[i:].split()
-    if not rest:
-        return None
-    try:
-        value = float(rest[0])
-    except ValueError:
-        return None
-    return (name, value) if math.isfinite(value) else None
-
-
 def parse_load(text: str) -> BackendLoad:
-    """Sum the progress and in-flight metrics over all their label sets."""
+    """Sum the progress and in-flight metrics over all their label sets.
+
+    Raises ValueError for text that is not the Prometheus exposition format.
+    """
     sums: dict[str, float] = {}
     wanted = set(PROGRESS_METRICS) | set(IN_FLIGHT_METRICS)
-    for line in text.splitlines():
-        s = _sample(line)
-        if s is not None and s[0] in wanted:
-            sums[s[0]] = sums.get(s[0], 0.0) + s[1]
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted and math.isfinite(sample.value):
+                sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
     finished = next((sums[n] for n in PROGRESS_METRICS if n in sums), None)
     in_flight = sum(sums.get(n, 0.0) for n in IN_FLIGHT_METRICS)
     return BackendLoad(finished=finished, in_flight=in_flight)
@@ -124,8 +88,11 @@ async def fetch_load(
         return None
     text = body.decode("utf-8", errors="replace")
     if truncated:
-        text = text.rpartition("\n")[0]  # drop the cut-off last line
-    return parse_load(text)
+        text = text.rpartition("\n")[0] + "\n"  # drop the cut-off last line
+    try:
+        return parse_load(text)
+    except ValueError:  # not the exposition format: no reading
+        return None
 
 
 def judge(result: ProbeResult, previous: float | None, load: BackendLoad | None) -> ProbeResult:

@@ -755,9 +755,10 @@ vllm:num_requests_running{model_name="a"} 2
 vllm:num_requests_running{model_name="b"} 1
 vllm:num_requests_waiting{model_name="a"} NaN
 vllm:num_requests_waiting{model_name="b"} 4
-garbage line {
 """
     assert parse_load(text) == BackendLoad(finished=7.0, in_flight=7.0)
+    with pytest.raises(ValueError):
+        parse_load(text + "garbage line {\n")  # not the format: fetch_load reads no load
     vllm_only = 'vllm:request_success_total{finished_reason="stop"} 5\n' + (
         'vllm:request_success_total{finished_reason="length"} 2\n'
     )

@@ -51,6 +51,7 @@ def too_large(limit_bytes: int) -> ApiError:
         f"Maximum file size exceeded: the limit is {mb:g} MB.",
         400,
         "audio_filesize_mb",
+        close=True,
     )
 
 

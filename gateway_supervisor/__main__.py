@@ -1,0 +1,5 @@
+import sys
+
+from gateway_supervisor.stack import main
+
+sys.exit(main())
