@@ -11,7 +11,12 @@ import sys
 
 from bench._harness import RESULTS
 
-BENCHES = ["bench.backend_rtf", "bench.gateway_vs_direct", "bench.failover"]
+BENCHES = [
+    "bench.backend_rtf",
+    "bench.gateway_vs_direct",
+    "bench.failover",
+    "bench.reconciler_push",
+]
 
 
 def summary() -> str:
@@ -49,6 +54,21 @@ def summary() -> str:
         f"{m['backend_ready_to_first_served_s']:.1f} s | 4.3 s |",
         "",
     ]
+    rp = json.loads((RESULTS / "reconciler_push.json").read_text())
+    lines += [
+        f"Reconciler debounce ({rp['endpoints']} endpoints, real Envoy, same run):",
+        "",
+        "| debounce | verdict -> EDS ACK median / p99 | burst of 50 verdicts over 50 ms: "
+        "pushes, to last ACK |",
+        "|---|---|---|",
+    ]
+    for key in ("no_debounce", "debounced"):
+        r = rp[key]
+        v, b = r["verdict_to_eds_ack_ms"], r["burst_of_50_over_50ms"]
+        lines.append(
+            f"| {r['debounce_ms']:.0f} ms | {v['median']:.1f} / {v['p99']:.1f} ms "
+            f"| {b['pushes_median']:.0f}, {b['to_last_ack_ms_median']:.0f} ms |"
+        )
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ MAX_METRICS_BYTES = 8 << 20
 #: Upper bound of the /metrics timeout (the probe's timeout_s if smaller).
 METRICS_TIMEOUT_S = 2.0
 
+
 @dataclass(frozen=True)
 class BackendLoad:
     """One /metrics reading. `finished` is None when no progress counter is exported."""

@@ -1,4 +1,4 @@
-"""The ADS protocol rules (DESIGN.md, control plane facts 1-9) against StreamState alone."""
+"""The ADS protocol rules (docs/architecture.md, xDS rules 1-9) against StreamState alone."""
 
 from __future__ import annotations
 
