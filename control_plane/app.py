@@ -156,9 +156,8 @@ class ControlPlane:
             else:
                 errors[url] = answer
                 log.warning("cannot resolve %s: %s (retrying every refresh)", url, answer)
-        self.reconciler.state = FleetState(spec, resolved, errors)
         await self.health_monitor.start()
-        await self.reconciler.start()
+        await self.reconciler.start(resolved, errors)
         self.tasks.spawn("reconciler", self.reconciler.run)
         await self._await_first_verdicts()
         self._grpc, self.ads = await ads.serve(

@@ -264,8 +264,11 @@ class Reconciler:
 
     # -- the loop --
 
-    async def start(self) -> None:
-        """The first snapshot and probe targets, before anything is served."""
+    async def start(
+        self, resolved: Mapping[str, tuple[str, ...]], dns_errors: Mapping[str, str]
+    ) -> None:
+        """The first state, snapshot and probe targets, before anything is served."""
+        self.state = replace(self.state, resolved=dict(resolved), dns_errors=dict(dns_errors))
         await self._sync_targets()
         if not self._publish():
             raise RuntimeError(f"initial snapshot refused: {self.cache.last_refusal}")

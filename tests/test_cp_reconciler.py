@@ -174,7 +174,7 @@ async def test_removal_waits_for_route_ack_through_health_events() -> None:
     )
     envoy_acked: set[str] = set()
     rec.acked = lambda type_url, version: type_url == ROUTE and version in envoy_acked
-    await rec.start()
+    await rec.start(rec.state.resolved, {})
     task = asyncio.create_task(rec.run())
     try:
         gone = cluster_name(B)
@@ -214,7 +214,7 @@ async def test_removal_goes_on_after_the_ack_timeout() -> None:
         removal_timeout_s=0.3,
     )
     rec.acked = lambda _t, _v: False  # an Envoy that never ACKs
-    await rec.start()
+    await rec.start(rec.state.resolved, {})
     task = asyncio.create_task(rec.run())
     try:
         await rec.change_spec(
@@ -238,7 +238,7 @@ async def test_a_burst_of_events_is_one_push() -> None:
     rec = Reconciler(
         FleetState(spec, {b.url: (b.host,) for b in spec.backends}), cache, load_lua_template()
     )
-    await rec.start()
+    await rec.start(rec.state.resolved, {})
     task = asyncio.create_task(rec.run())
     try:
         pushes = rec.stats.pushes
@@ -284,7 +284,7 @@ async def test_health_is_per_endpoint_and_model() -> None:
     rec = Reconciler(
         FleetState(spec, {"http://127.0.0.1:9000": ("127.0.0.1",)}), cache, load_lua_template()
     )
-    await rec.start()
+    await rec.start(rec.state.resolved, {})
     task = asyncio.create_task(rec.run())
     try:
         rec.post(Verdict(target_key("127.0.0.1:9000", A), EndpointHealth.HEALTHY))
