@@ -1,8 +1,14 @@
-"""`python -m control_plane`: serve xDS and the admin API, or print Envoy's bootstrap."""
+"""`python -m control_plane`: the control plane alone (xDS + admin API), or its tools.
+
+    python -m control_plane [--config FILE | router flags]     serve xDS and the admin API
+    python -m control_plane bootstrap [--xds-host H] [--output F]   Envoy's bootstrap JSON
+    python -m control_plane check (or --dry-run)               print the config it would run
+
+`whisper-gateway` (gateway_supervisor) runs this and Envoy together.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -10,16 +16,10 @@ import signal
 import sys
 
 from control_plane.bootstrap import build_bootstrap
-from control_plane.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
-from control_plane.router_flags import RouterFlagError, config_from_router_flags
+from control_plane.cli import Options, UsageError, emit, parse, setup_logging
+from control_plane.config import ConfigError, GatewayConfig, dump_config, load_config
 
-
-def _config(args: argparse.Namespace, rest: list[str]) -> GatewayConfig:
-    if rest:
-        if args.config:
-            raise RouterFlagError("give either --config or vllm-router flags, not both")
-        return config_from_router_flags(rest)
-    return load_config(args.config or DEFAULT_CONFIG)
+log = logging.getLogger("control_plane")
 
 
 async def _serve(config: GatewayConfig, config_path: str | None) -> None:
@@ -33,50 +33,55 @@ async def _serve(config: GatewayConfig, config_path: str | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload()))
+    reloads: set[asyncio.Task[None]] = set()
 
     async def _reload() -> None:
         assert config_path is not None
         try:
             await runtime.reload(load_config(config_path))
         except (ConfigError, ValueError) as e:
-            logging.getLogger("control_plane").error("reload refused, config kept: %s", e)
+            log.error("reload refused, config kept: %s", e)
 
+    def _on_hup() -> None:
+        task = asyncio.create_task(_reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, _on_hup)
     await stop.wait()
     await runner.cleanup()
     await runtime.stop()
 
 
+def run_tool(opts: Options) -> int | None:
+    """`bootstrap`, `check` and --dry-run; None when the command is `serve`."""
+    if opts.command == "bootstrap":
+        boot = build_bootstrap(opts.config, opts.node_id, opts.xds_host)
+        emit(json.dumps(boot, indent=2), opts.output)
+        return 0
+    if opts.command == "check" or opts.dry_run:
+        for note in opts.notes:
+            print(f"# {note}", file=sys.stderr)
+        emit(dump_config(opts.config), opts.output)
+        return 0
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="whisper-gateway",
-        description="xDS control plane for the Whisper gateway. Unknown flags are read as "
-        "vLLM Production Stack router flags (--static-backends ...).",
-    )
-    parser.add_argument(
-        "command", nargs="?", default="serve", choices=["serve", "bootstrap", "check"]
-    )
-    parser.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG})")
-    parser.add_argument("--node-id", help="Envoy node id for `bootstrap`")
-    parser.add_argument("--log-level", default="INFO")
-    args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
-        config = _config(args, rest)
-    except (ConfigError, RouterFlagError) as e:
-        print(f"whisper-gateway: {e}", file=sys.stderr)
+        opts = parse(sys.argv[1:] if argv is None else argv, "python -m control_plane")
+    except UsageError as e:
+        print(f"control_plane: {e}", file=sys.stderr)
         return 2
-    if args.command == "bootstrap":
-        print(json.dumps(build_bootstrap(config, args.node_id), indent=2))
-        return 0
-    if args.command == "check":
-        print(f"config OK: {len(config.backends)} backends, models {', '.join(config.models)}")
-        return 0
-    path = None if rest else str(args.config or DEFAULT_CONFIG)
-    asyncio.run(_serve(config, path))
+    done = run_tool(opts)
+    if done is not None:
+        return done
+    setup_logging(opts.log_level, opts.log_format)
+    for note in opts.notes:
+        log.info("%s", note)
+    path = str(opts.config_path) if opts.config_path is not None else None
+    asyncio.run(_serve(opts.config, path))
     return 0
 
 

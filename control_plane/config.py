@@ -356,6 +356,32 @@ def parse_config(data: Any) -> GatewayConfig:
     return cfg
 
 
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) is not None
+        }
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(config: GatewayConfig) -> dict[str, Any]:
+    """The config as the YAML document that parses back to it (for --dry-run, files)."""
+    doc = _plain(config)
+    assert isinstance(doc, dict)
+    for b in doc["backends"]:
+        if b.get("health") == doc["health"]:
+            del b["health"]  # inherited from the top level
+    return doc
+
+
+def dump_config(config: GatewayConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
 def load_config(path: str | Path) -> GatewayConfig:
     p = Path(path)
     try:

@@ -1,12 +1,16 @@
 """The vLLM Production Stack router's flags, read into our config.
 
-Its users switch by changing only the command. Flags that map get mapped;
-flags that make no sense behind Envoy are refused with the reason.
+Its users switch by changing only the program name. Every flag of the
+router's parser is here, in one of three tables: mapped onto our config,
+accepted and ignored with the reason (logged at start), or refused with the
+reason. `--log-level`, `--log-format` and `--version` belong to the process
+and are read by the command line (control_plane.cli), not here.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from control_plane.config import GatewayConfig, parse_config
@@ -16,31 +20,61 @@ ROUTING = {
     "least_request": "least_request",
     "leastrequest": "least_request",
 }
+#: The router's own defaults where ours differ, applied in router-flag mode.
+ROUTER_HEALTH_INTERVAL_S = 60.0
+ROUTER_HEALTH_TIMEOUT_S = 10.0
 
-# Flags we accept for compatibility but that change nothing here, with why.
+_STATS = "per-backend stats come from Envoy's own stats and the admin API's /metrics"
+# Flags that take a value we accept and do not use, with why.
 IGNORED = {
-    "--engine-stats-interval": "Envoy's stats replace the router's engine scraping",
-    "--request-stats-window": "Envoy's stats replace the router's request stats",
-    "--log-stats-interval": "see the admin API /metrics and Envoy's /stats",
-    "--dynamic-config-json": "use --config YAML",
+    "--root-path": "routes stay at /v1/...; a proxy in front that adds a prefix must strip it",
+    "--engine-stats-interval": _STATS,
+    "--request-stats-window": _STATS,
+    "--log-stats-interval": _STATS,
+    "--kv-aware-threshold": "KV-aware routing does not apply to Whisper",
+    "--prefix-min-match-length": "prefix-aware routing does not apply to Whisper",
+    "--lmcache-controller-port": "KV-cache controller does not apply to Whisper",
+    "--lmcache-controller-reply-port": "KV-cache controller does not apply to Whisper",
+    "--lmcache-controller-heartbeat-port": "KV-cache controller does not apply to Whisper",
+    "--lmcache-health-check-interval": "KV-cache controller does not apply to Whisper",
+    "--lmcache-worker-timeout": "KV-cache controller does not apply to Whisper",
+    "--k8s-watcher-timeout-seconds": "no Kubernetes API discovery: backends are DNS names",
+    "--file-storage-class": "the batch API is not served",
+    "--file-storage-path": "the batch API is not served",
+    "--batch-processor": "the batch API is not served",
+    "--feature-gates": "no feature gates here",
+    "--sentry-dsn": "no Sentry reporting; errors are in the logs and /metrics",
+    "--sentry-traces-sample-rate": "no Sentry reporting",
+    "--sentry-profile-session-sample-rate": "no Sentry reporting",
+    "--otel-endpoint": "no OpenTelemetry export yet; Envoy's access log has request ids",
+    "--otel-service-name": "no OpenTelemetry export yet",
 }
-IGNORED_SWITCHES = {"--log-stats": "see the admin API /metrics and Envoy's /stats"}
+IGNORED_SWITCHES = {
+    "--log-stats": _STATS,
+    "--otel-secure": "no OpenTelemetry export yet",
+}
+# Flags refused whatever their value, with why.
 REFUSED = {
+    "--k8s-service-discovery-type": "Kubernetes API discovery is not supported: give the "
+    "backends' headless Service DNS name in --static-backends (every pod address is an endpoint)",
+    "--k8s-namespace": "Kubernetes API discovery is not supported: use a headless Service "
+    "DNS name in --static-backends",
+    "--k8s-port": "Kubernetes API discovery is not supported: use DNS names",
+    "--k8s-label-selector": "Kubernetes API discovery is not supported: use DNS names",
     "--session-key": "session routing is not supported; use --routing-logic roundrobin",
-    "--k8s-namespace": "k8s discovery: list the backends' Service DNS names in "
-    "--static-backends (one endpoint per resolved address)",
-    "--k8s-port": "k8s discovery is not supported; use DNS names in --static-backends",
-    "--k8s-label-selector": "k8s discovery is not supported; use DNS names",
     "--static-aliases": "model aliases are not supported: serve each model under its true name",
     "--static-model-labels": "model labels are not supported",
     "--prefill-model-labels": "prefill/decode disaggregation does not apply to Whisper",
     "--decode-model-labels": "prefill/decode disaggregation does not apply to Whisper",
     "--callbacks": "Python callbacks in the request path are not supported (Envoy moves the bytes)",
     "--enable-batch-api": "the batch API is not supported",
-    "--file-storage-class": "the batch API is not supported",
-    "--file-storage-path": "the batch API is not supported",
-    "--lmcache-controller-port": "KV-cache-aware routing does not apply to Whisper",
+    "--dynamic-config-yaml": "use --config FILE (our YAML), reloaded on SIGHUP or "
+    "POST /config/reload",
+    "--dynamic-config-json": "use --config FILE (our YAML), reloaded on SIGHUP or "
+    "POST /config/reload",
+    "--external-providers-config": "external hosted providers are not supported",
 }
+REFUSED_SWITCHES = {"--enable-batch-api"}
 
 
 class RouterFlagError(ValueError):
@@ -52,16 +86,17 @@ class _Parser(argparse.ArgumentParser):
         raise RouterFlagError(message)
 
 
+@dataclass(frozen=True)
+class RouterFlags:
+    config: GatewayConfig
+    notes: tuple[str, ...]  # one line per flag accepted and ignored, with why
+
+
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def config_from_router_flags(argv: list[str]) -> GatewayConfig:
-    """Map `vllm-router` flags onto a validated GatewayConfig."""
-    for arg in argv:
-        flag = arg.split("=", 1)[0]
-        if flag in REFUSED:
-            raise RouterFlagError(f"{flag} is refused: {REFUSED[flag]}")
+def _parser() -> _Parser:
     p = _Parser(prog="whisper-gateway (vllm-router flags)", add_help=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
@@ -70,16 +105,34 @@ def config_from_router_flags(argv: list[str]) -> GatewayConfig:
     p.add_argument("--static-models")
     p.add_argument("--static-model-types")
     p.add_argument("--static-backend-health-checks", action="store_true")
-    p.add_argument("--health-check-interval", type=float)
+    p.add_argument("--static-backend-health-check-interval", type=float)
+    p.add_argument("--static-backend-health-check-timeout-seconds", type=float)
+    p.add_argument("--backend-health-check-timeout-seconds", type=float)
     p.add_argument("--routing-logic", default="roundrobin")
-    p.add_argument("--max-upload-mb", type=float)
+    p.add_argument("--max-instance-failover-reroute-attempts", type=int)
+    p.add_argument("--request-rewriter", default="noop")
+    p.add_argument("--max-upload-mb", type=float)  # ours: the router has no such limit
     for flag in IGNORED:
         p.add_argument(flag)
     for flag in IGNORED_SWITCHES:
         p.add_argument(flag, action="store_true")
-    args, unknown = p.parse_known_args(argv)
+    return p
+
+
+def read_router_flags(argv: list[str]) -> RouterFlags:
+    """Map `vllm-router` flags onto a validated GatewayConfig, with notes on what was ignored."""
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag in REFUSED:
+            raise RouterFlagError(f"{flag} is refused: {REFUSED[flag]}")
+    args, unknown = _parser().parse_known_args(argv)
     if unknown:
         raise RouterFlagError(f"unknown flag(s): {' '.join(unknown)}")
+    notes = [
+        f"{flag} ignored: {why}"
+        for flag, why in {**IGNORED, **IGNORED_SWITCHES}.items()
+        if getattr(args, flag.lstrip("-").replace("-", "_")) not in (None, False)
+    ]
     if args.service_discovery != "static":
         raise RouterFlagError(
             f"--service-discovery {args.service_discovery} is refused: only static is "
@@ -89,6 +142,10 @@ def config_from_router_flags(argv: list[str]) -> GatewayConfig:
         raise RouterFlagError(
             f"--routing-logic {args.routing_logic} is refused: use roundrobin "
             "(or least_request, our default)"
+        )
+    if args.request_rewriter != "noop":
+        raise RouterFlagError(
+            f"--request-rewriter {args.request_rewriter} is refused: bodies are not rewritten"
         )
     backends = _split(args.static_backends)
     models = _split(args.static_models)
@@ -107,15 +164,27 @@ def config_from_router_flags(argv: list[str]) -> GatewayConfig:
             raise RouterFlagError(
                 f"--static-model-types {t} is refused: this gateway serves transcription models"
             )
-    health: dict[str, Any] = {"enabled": bool(args.static_backend_health_checks)}
-    if args.health_check_interval is not None:
-        health["interval_s"] = args.health_check_interval
+    timeout = args.static_backend_health_check_timeout_seconds
+    if timeout is None:
+        timeout = args.backend_health_check_timeout_seconds
+    interval = args.static_backend_health_check_interval
+    health: dict[str, Any] = {
+        "enabled": bool(args.static_backend_health_checks),
+        "interval_s": ROUTER_HEALTH_INTERVAL_S if interval is None else interval,
+        "timeout_s": ROUTER_HEALTH_TIMEOUT_S if timeout is None else timeout,
+    }
     doc: dict[str, Any] = {
         "listener": {"address": args.host, "port": args.port},
         "routing": {"policy": ROUTING[args.routing_logic]},
         "health": health,
         "backends": [{"url": b, "models": [m]} for b, m in zip(backends, models, strict=True)],
     }
+    if args.max_instance_failover_reroute_attempts is not None:
+        doc["routing"]["retries"] = args.max_instance_failover_reroute_attempts
     if args.max_upload_mb is not None:
         doc["limits"] = {"max_upload_mb": args.max_upload_mb}
-    return parse_config(doc)
+    return RouterFlags(parse_config(doc), tuple(notes))
+
+
+def config_from_router_flags(argv: list[str]) -> GatewayConfig:
+    return read_router_flags(argv).config

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from control_plane.config import ConfigError, HostPort
+from control_plane.config import ConfigError, HostPort, parse_config
 from control_plane.router_flags import RouterFlagError, config_from_router_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,11 +69,91 @@ def test_same_model_on_two_backends() -> None:
 
 def test_optional_mapped_and_ignored_flags() -> None:
     cfg = config_from_router_flags(
-        [*FLAGS, "--health-check-interval", "12", "--max-upload-mb", "50",
+        [*FLAGS, "--static-backend-health-check-interval", "12", "--max-upload-mb", "50",
+         "--static-backend-health-check-timeout-seconds", "7",
+         "--max-instance-failover-reroute-attempts", "1",
          "--engine-stats-interval", "30", "--log-stats"]
     )  # fmt: skip
     assert cfg.health.interval_s == 12.0
+    assert cfg.health.timeout_s == 7.0
+    assert cfg.routing.retries == 1
     assert cfg.limits.max_upload_mb == 50.0
+
+
+def test_router_health_defaults() -> None:
+    """The router probes every 60 s with a 10 s timeout unless told otherwise."""
+    cfg = config_from_router_flags(FLAGS)
+    assert (cfg.health.interval_s, cfg.health.timeout_s) == (60.0, 10.0)
+    cfg = config_from_router_flags([*FLAGS, "--backend-health-check-timeout-seconds", "3"])
+    assert cfg.health.timeout_s == 3.0
+
+
+# Every flag of the router's parser (vllm-project/production-stack parser.py, a6c01db).
+ROUTER_FLAGS = """
+--host --port --root-path --service-discovery --k8s-service-discovery-type --static-backends
+--static-models --static-aliases --static-model-types --static-model-labels
+--static-backend-health-checks --static-backend-health-check-interval
+--static-backend-health-check-timeout-seconds --backend-health-check-timeout-seconds
+--k8s-port --k8s-namespace --k8s-label-selector --k8s-watcher-timeout-seconds --routing-logic
+--session-key --kv-aware-threshold --prefix-min-match-length --lmcache-controller-port
+--lmcache-controller-reply-port --lmcache-controller-heartbeat-port
+--lmcache-health-check-interval --lmcache-worker-timeout --prefill-model-labels
+--decode-model-labels --max-instance-failover-reroute-attempts --callbacks --request-rewriter
+--enable-batch-api --file-storage-class --file-storage-path --batch-processor
+--engine-stats-interval --request-stats-window --log-stats --log-stats-interval
+--dynamic-config-yaml --dynamic-config-json --version --feature-gates --log-level --log-format
+--sentry-dsn --sentry-traces-sample-rate --sentry-profile-session-sample-rate --otel-endpoint
+--otel-service-name --otel-secure --external-providers-config
+""".split()
+
+
+def test_every_router_flag_is_mapped_ignored_or_refused() -> None:
+    from control_plane.cli import _parser
+    from control_plane.router_flags import IGNORED, IGNORED_SWITCHES, REFUSED
+    from control_plane.router_flags import _parser as rp
+
+    ours = {a for action in _parser("x")._actions for a in action.option_strings}
+    mapped = {a for action in rp()._actions for a in action.option_strings}
+    for flag in ROUTER_FLAGS:
+        kinds = [
+            name
+            for name, table in (
+                ("process", ours),
+                ("mapped", mapped - set(IGNORED) - set(IGNORED_SWITCHES)),
+                ("ignored", set(IGNORED) | set(IGNORED_SWITCHES)),
+                ("refused", set(REFUSED)),
+            )
+            if flag in table
+        ]
+        assert len(kinds) == 1, f"{flag}: {kinds}"
+
+
+def test_ignored_flags_are_noted() -> None:
+    from control_plane.router_flags import read_router_flags
+
+    flags = read_router_flags([*FLAGS, "--log-stats", "--root-path", "/api"])
+    assert any(n.startswith("--log-stats ignored:") for n in flags.notes)
+    assert any(n.startswith("--root-path ignored:") for n in flags.notes)
+
+
+def test_seed_router_line_parses(tmp_path: Path) -> None:
+    """The tutorial's line, verbatim but for the program name: --host first."""
+    proc = run_cli(*SEED_LINE("8123", "http://127.0.0.1:8002"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "address: 0.0.0.0\n  port: 8123" in proc.stdout
+    assert "openai/whisper-small" in proc.stdout
+    assert "policy: round_robin" in proc.stdout
+    assert "--log-stats ignored" in proc.stderr
+
+
+def SEED_LINE(port: str, backends: str) -> list[str]:
+    return [
+        "--host", "0.0.0.0", "--port", port, "--service-discovery", "static",
+        "--static-backends", backends, "--static-models", "openai/whisper-small",
+        "--static-model-types", "transcription", "--routing-logic", "roundrobin",
+        "--log-stats", "--log-level", "debug", "--engine-stats-interval", "10",
+        "--request-stats-window", "10", "--static-backend-health-checks",
+    ]  # fmt: skip
 
 
 def test_k8s_discovery_refused() -> None:
@@ -149,15 +230,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_check_accepts_router_flags() -> None:
     proc = run_cli("check", *FLAGS)
     assert proc.returncode == 0, proc.stderr
-    assert "2 backends" in proc.stdout
-    assert "m1, m2" in proc.stdout
+    cfg = parse_config(yaml.safe_load(proc.stdout))
+    assert cfg == config_from_router_flags(FLAGS), "check prints the config the flags became"
 
 
 def test_cli_check_refuses_bad_flags() -> None:
     proc = run_cli("check", "--static-backends", "x")
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert "whisper-gateway:" in proc.stderr
+    assert "control_plane:" in proc.stderr
     assert "--static-models lists 0 models for 1 backends" in proc.stderr
 
 
@@ -173,7 +254,7 @@ def test_python_is_the_venv() -> None:
 
 def test_zero_values_are_validated_not_dropped() -> None:
     with pytest.raises(ConfigError) as info:
-        config_from_router_flags([*FLAGS, "--health-check-interval", "0"])
+        config_from_router_flags([*FLAGS, "--static-backend-health-check-interval", "0"])
     assert info.value.field == "health.interval_s"
     with pytest.raises(ConfigError) as info:
         config_from_router_flags([*FLAGS, "--max-upload-mb", "0"])

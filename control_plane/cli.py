@@ -1,0 +1,141 @@
+"""The command line shared by `whisper-gateway` and `python -m control_plane`.
+
+    [serve|bootstrap|check] [--config FILE | vllm-router flags] [our flags]
+
+The command, when given, comes first; anything else on the line is a flag, so
+the router's own command line (`--host 0.0.0.0 --port 8001 ...`) reads as-is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from control_plane.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
+from control_plane.router_flags import RouterFlagError, read_router_flags
+
+COMMANDS = ("serve", "bootstrap", "check")
+LOG_LEVELS = {
+    "critical": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": logging.DEBUG,  # the router's finest level; ours stops at debug
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    command: str
+    config: GatewayConfig
+    config_path: Path | None  # None in router-flag mode
+    notes: tuple[str, ...]
+    node_id: str | None
+    xds_host: str | None
+    output: Path | None
+    dry_run: bool
+    log_level: str
+    log_format: str
+
+    @property
+    def router_mode(self) -> bool:
+        return self.config_path is None
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Flags this parser does not know are read as vLLM Production Stack "
+        "router flags (--static-backends ...).",
+    )
+    p.add_argument("--config", help=f"YAML config (default: {DEFAULT_CONFIG})")
+    p.add_argument("--node-id", help="Envoy node id for `bootstrap`")
+    p.add_argument("--xds-host", help="`bootstrap`: where Envoy dials the control plane")
+    p.add_argument("--output", type=Path, help="`bootstrap`/`check`: write to this file")
+    p.add_argument("--dry-run", action="store_true", help="print the config, then exit")
+    p.add_argument("--log-level", default="info", type=str.lower, choices=sorted(LOG_LEVELS))
+    p.add_argument("--log-format", default="text", choices=("text", "json"))
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    return p
+
+
+def version() -> str:
+    try:
+        return metadata.version("whisper-gateway")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse(argv: list[str], prog: str) -> Options:
+    """Read the line; raise UsageError naming what is wrong."""
+    command = "serve"
+    if argv and argv[0] in COMMANDS:
+        command, argv = argv[0], argv[1:]
+    args, rest = _parser(prog).parse_known_args(argv)
+    notes: tuple[str, ...] = ()
+    try:
+        if rest:
+            if args.config:
+                raise UsageError("give either --config or vllm-router flags, not both")
+            flags = read_router_flags(rest)
+            config, path, notes = flags.config, None, flags.notes
+        else:
+            path = Path(args.config or DEFAULT_CONFIG)
+            config = load_config(path)
+    except (ConfigError, RouterFlagError) as e:
+        raise UsageError(str(e)) from e
+    return Options(
+        command=command,
+        config=config,
+        config_path=path,
+        notes=notes,
+        node_id=args.node_id,
+        xds_host=args.xds_host,
+        output=args.output,
+        dry_run=args.dry_run,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=LOG_LEVELS[level], handlers=[handler], force=True)
+
+
+def emit(text: str, output: Path | None) -> None:
+    """To the file if one is named (written whole, then renamed), else to stdout."""
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(output)
