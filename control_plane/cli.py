@@ -41,6 +41,7 @@ class Options:
     xds_host: str | None
     output: Path | None
     dry_run: bool
+    run_dir: Path | None
     log_level: str
     log_format: str
 
@@ -64,6 +65,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--xds-host", help="`bootstrap`: where Envoy dials the control plane")
     p.add_argument("--output", type=Path, help="`bootstrap`/`check`: write to this file")
     p.add_argument("--dry-run", action="store_true", help="print the config, then exit")
+    p.add_argument("--run-dir", type=Path, help="whisper-gateway: logs and run files here")
     p.add_argument("--log-level", default="info", type=str.lower, choices=sorted(LOG_LEVELS))
     p.add_argument("--log-format", default="text", choices=("text", "json"))
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
@@ -104,6 +106,7 @@ def parse(argv: list[str], prog: str) -> Options:
         xds_host=args.xds_host,
         output=args.output,
         dry_run=args.dry_run,
+        run_dir=args.run_dir,
         log_level=args.log_level,
         log_format=args.log_format,
     )

@@ -1,16 +1,17 @@
-"""`make up` (`python -m gateway_supervisor`): the whole stack on this machine from one config.
+"""`whisper-gateway` and `make up`: the whole gateway from one config, supervised.
 
 Starts a CPU whisper_backend for every backend marked `launch: cpu`, the
-control plane, and Envoy with a bootstrap derived from the same config.
-Ctrl-C or SIGTERM stops every process it started, by pid.
+control plane, and Envoy with a bootstrap derived from the same config, each
+under the Supervisor: a child that dies is restarted while the others serve.
+The config comes from `--config FILE` or from the vLLM router's own flags;
+in that case it is written to the run folder and the control plane reads it
+from there. Ctrl-C or SIGTERM stops every child, in reverse start order.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -19,29 +20,18 @@ from pathlib import Path
 import aiohttp
 
 from control_plane.bootstrap import build_bootstrap, envoy_command
-from control_plane.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
+from control_plane.cli import Options, UsageError, parse
+from control_plane.config import GatewayConfig, dump_config
+from gateway_supervisor.supervisor import ChildSpec, Supervisor, say
 
 
-async def _spawn(name: str, argv: list[str], log_dir: Path) -> asyncio.subprocess.Process:
-    log = (log_dir / f"{name}.log").open("ab")
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"},
-        start_new_session=True,  # Ctrl-C reaches us; we stop children in order
-    )
-    log.close()
-    print(f"  started {name} (pid {proc.pid}), log {log_dir / (name + '.log')}", flush=True)
-    return proc
-
-
-async def _wait_http(url: str, timeout: float, proc: asyncio.subprocess.Process) -> bool:
+async def wait_http(url: str, timeout: float, sup: Supervisor, name: str) -> bool:
+    """Until GET url answers 200, or `timeout`; a child that restarts meanwhile is fine."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with aiohttp.ClientSession() as session:
         while loop.time() < deadline:
-            if proc.returncode is not None:
+            if sup.children[name].crash_looping:
                 return False
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
@@ -53,133 +43,115 @@ async def _wait_http(url: str, timeout: float, proc: asyncio.subprocess.Process)
     return False
 
 
-async def run(config_path: Path, config: GatewayConfig, log_dir: Path) -> int:
-    procs: list[tuple[str, asyncio.subprocess.Process]] = []
+def backend_specs(config: GatewayConfig) -> list[ChildSpec]:
+    specs = []
+    for b in config.backends:
+        if b.launch != "cpu":
+            continue
+        argv = (
+            sys.executable,
+            "-m",
+            "whisper_backend",
+            "--model",
+            b.models[0],  # config refuses a launched backend with several models
+            "--host",
+            b.host,
+            "--port",
+            str(b.port),
+            "--num-workers",
+            str(min(b.max_concurrency, 2)),
+        )
+        specs.append(ChildSpec(f"backend-{b.port}", argv, {"HF_HUB_OFFLINE": "1"}))
+    return specs
+
+
+def control_plane_spec(opts: Options, config_path: Path) -> ChildSpec:
+    argv = (
+        sys.executable,
+        "-m",
+        "control_plane",
+        "--config",
+        str(config_path),
+        "--log-level",
+        opts.log_level,
+        "--log-format",
+        opts.log_format,
+    )
+    return ChildSpec("control-plane", argv)
+
+
+async def run(opts: Options, run_dir: Path) -> int:
+    config = opts.config
+    if opts.config_path is None:  # router flags: the control plane reads what they became
+        config_path = run_dir / "gateway.yaml"
+        config_path.write_text(dump_config(config))
+    else:
+        config_path = opts.config_path
+    for note in opts.notes:
+        say(note)
+    sup = Supervisor(run_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        print("whisper-gateway: starting", flush=True)
-        for b in config.backends:
-            if b.launch != "cpu":
-                continue
-            name = f"backend-{b.port}"
-            procs.append(
-                (
-                    name,
-                    await _spawn(
-                        name,
-                        [
-                            sys.executable,
-                            "-m",
-                            "whisper_backend",
-                            "--model",
-                            b.models[0],
-                            "--host",
-                            b.host,
-                            "--port",
-                            str(b.port),
-                            "--num-workers",
-                            str(min(b.max_concurrency, 2)),
-                        ],
-                        log_dir,
-                    ),
-                )
-            )
-        procs.append(
-            (
-                "control-plane",
-                await _spawn(
-                    "control-plane",
-                    [
-                        sys.executable,
-                        "-m",
-                        "control_plane",
-                        "--config",
-                        str(config_path),
-                    ],
-                    log_dir,
-                ),
-            )
-        )
-        cp = procs[-1][1]
-        if not await _wait_http(
-            f"http://{config.admin.address}:{config.admin.port}/healthz", 30, cp
-        ):
-            print("control plane failed to start; see control-plane.log", file=sys.stderr)
+        say(f"starting; logs in {run_dir}")
+        backends = backend_specs(config)
+        for spec in backends:
+            await sup.start(spec)
+        await sup.start(control_plane_spec(opts, config_path))
+        admin = f"http://{config.admin.address}:{config.admin.port}"
+        if not await wait_http(f"{admin}/healthz", 60, sup, "control-plane"):
+            say("the control plane did not come up; see control-plane.log", err=True)
             return 1
-        bootstrap = log_dir / "envoy-bootstrap.json"
+        bootstrap = run_dir / "envoy-bootstrap.json"
         bootstrap.write_text(json.dumps(build_bootstrap(config), indent=2))
-        procs.append(
-            (
-                "envoy",
-                await _spawn(
-                    "envoy",
-                    envoy_command(config, bootstrap),
-                    log_dir,
-                ),
-            )
-        )
-        envoy = procs[-1][1]
-        admin = f"http://{config.envoy_admin.address}:{config.envoy_admin.port}"
-        if not await _wait_http(f"{admin}/ready", 60, envoy):
-            print("Envoy failed to start; see envoy.log", file=sys.stderr)
+        await sup.start(ChildSpec("envoy", tuple(envoy_command(config, bootstrap))))
+        envoy_admin = f"http://{config.envoy_admin.address}:{config.envoy_admin.port}"
+        if not await wait_http(f"{envoy_admin}/ready", 60, sup, "envoy"):
+            say("Envoy did not come up; see envoy.log", err=True)
             return 1
-        for name, p in procs:
-            if name.startswith("backend-"):
-                port = name.split("-")[1]
-                if not await _wait_http(f"http://127.0.0.1:{port}/health", 180, p):
-                    # Not fatal: the gateway serves the other backends meanwhile.
-                    print(f"note: {name} is not ready; see {name}.log", file=sys.stderr)
+        for spec in backends:
+            port = spec.name.split("-")[1]
+            if not await wait_http(f"http://127.0.0.1:{port}/health", 180, sup, spec.name):
+                # Not fatal: the gateway serves the other backends meanwhile.
+                say(f"{spec.name} is not ready; see {spec.name}.log", err=True)
         lst = config.listener
+        host = "127.0.0.1" if lst.address in ("0.0.0.0", "::") else lst.address
         print(
             f"""
 whisper-gateway is up.
-  OpenAI endpoint : http://{lst.address}:{lst.port}/v1   (models: {", ".join(config.models)})
-  try             : curl http://{lst.address}:{lst.port}/v1/audio/transcriptions \\
+  OpenAI endpoint : http://{host}:{lst.port}/v1   (models: {", ".join(config.models)})
+  try             : curl http://{host}:{lst.port}/v1/audio/transcriptions \\
                       -F file=@tests/fixtures/hello.wav -F model={config.models[0]} \\
                       -F response_format=json -F language=en
-  control plane   : http://{config.admin.address}:{config.admin.port}/status  /backends  /snapshot
-  Envoy admin     : {admin}/clusters
-  logs            : {log_dir}
-Ctrl-C stops everything.""",
+  control plane   : {admin}/status  /backends  /snapshot
+  Envoy admin     : {envoy_admin}/clusters
+  logs            : {run_dir}   (supervisor.json: each child's pid, starts, exits)
+A child that exits is restarted; Ctrl-C stops everything.""",
             flush=True,
         )
-        waiters = [asyncio.create_task(p.wait()) for _, p in procs]
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
-        if stopper not in done:
-            dead = [n for (n, p) in procs if p.returncode is not None]
-            print(f"whisper-gateway: {', '.join(dead)} exited; stopping", file=sys.stderr)
-            return 1
+        await stop.wait()
         return 0
     finally:
-        print("whisper-gateway: stopping", flush=True)
-        for _name, p in reversed(procs):
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-        for _name, p in reversed(procs):
-            try:
-                await asyncio.wait_for(p.wait(), 15)
-            except TimeoutError:
-                p.kill()
-                await p.wait()
+        say("stopping")
+        await sup.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make up", description=__doc__)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--log-dir", default=None)
-    args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
-    except ConfigError as e:
+        opts = parse(sys.argv[1:] if argv is None else argv, "whisper-gateway")
+    except UsageError as e:
         print(f"whisper-gateway: {e}", file=sys.stderr)
         return 2
-    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="whisper-gateway-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run(Path(args.config), config, log_dir))
+    from control_plane.__main__ import run_tool
+
+    done = run_tool(opts)
+    if done is not None:
+        return done
+    run_dir = opts.run_dir or Path(tempfile.mkdtemp(prefix="whisper-gateway-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run(opts, run_dir))
 
 
 if __name__ == "__main__":

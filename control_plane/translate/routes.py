@@ -23,7 +23,7 @@ from control_plane.model import UNROUTED_CLUSTER, GatewayModel
 from control_plane.translate.common import any_of, seconds
 from control_plane.translate.listener import MODEL_HEADER, ROUTE_CONFIG_NAME
 
-LUA_TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "route_by_model.lua"
+LUA_TEMPLATE = Path(__file__).resolve().parents[1] / "filters" / "route_by_model.lua"
 AUDIO_PATH_RE = r"^/v1/audio/(transcriptions|translations)$"
 RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 MAX_DIRECT_BODY = 256 * 1024
