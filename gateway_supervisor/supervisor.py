@@ -119,11 +119,11 @@ class Supervisor:
                 say(
                     f"{child.spec.name} keeps crashing ({CRASH_LOOP_EXITS} exits in "
                     f"{now - child.exits[0]:.0f} s, last code {code}); see "
-                    f"{self.log_dir / (child.spec.name + '.log')}; retrying in {delay:.1f} s",
+                    f"{self.log_dir / (child.spec.name + '.log')}; retrying in {delay:g} s",
                     err=True,
                 )
             else:
-                say(f"{child.spec.name} exited with code {code}; restart in {delay:.1f} s", True)
+                say(f"{child.spec.name} exited with code {code}; restart in {delay:g} s", True)
             self._write_status()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff[1])
