@@ -13,11 +13,11 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from control_plane.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, load_config
+from control_plane.frontend import version
 from control_plane.router_flags import RouterFlagError, read_router_flags
 
 COMMANDS = ("serve", "bootstrap", "check")
@@ -70,13 +70,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--log-format", default="text", choices=("text", "json"))
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p
-
-
-def version() -> str:
-    try:
-        return metadata.version("whisper-gateway")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def parse(argv: list[str], prog: str) -> Options:

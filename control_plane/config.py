@@ -128,6 +128,9 @@ class GatewayConfig:
     # Envoy --concurrency. Each worker may open one connection per host even past
     # the per-host limit, so max_concurrency is exact only with one worker.
     envoy_workers: int = _bound(1, 1)
+    # GET /metrics and /engines on the public listener (the admin API always has them).
+    # Off by default: they name every backend and its load to whoever reaches the listener.
+    public_router_endpoints: bool = False
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -332,7 +335,7 @@ def parse_config(data: Any) -> GatewayConfig:
     _check_backends(backends)
     top = {
         n: _value(_FIELDS[n], d[n], n)
-        for n in ("node_id", "dns_refresh_s", "envoy_workers")
+        for n in ("node_id", "dns_refresh_s", "envoy_workers", "public_router_endpoints")
         if n in d
     }
     cfg = GatewayConfig(

@@ -7,6 +7,7 @@ another input (router flags, Kubernetes) writes a function like this one.
 from __future__ import annotations
 
 from dataclasses import asdict
+from importlib import metadata
 
 from control_plane.config import BackendConfig, GatewayConfig
 from control_plane.model import BackendSpec, GatewaySpec, Limits, Listen, Outlier, ProbeSpec
@@ -38,6 +39,13 @@ def _backend(b: BackendConfig) -> BackendSpec:
     )
 
 
+def version() -> str:
+    try:
+        return metadata.version("whisper-gateway")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def spec_from_config(config: GatewayConfig) -> GatewaySpec:
     return GatewaySpec(
         listener=Listen(config.listener.address, config.listener.port),
@@ -47,4 +55,7 @@ def spec_from_config(config: GatewayConfig) -> GatewaySpec:
         retries=config.routing.retries,
         backends=tuple(_backend(b) for b in config.backends),
         dns_refresh_s=config.dns_refresh_s,
+        admin_api=Listen(config.admin.address, config.admin.port),
+        public_router_endpoints=config.public_router_endpoints,
+        version=version(),
     )

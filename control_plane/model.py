@@ -84,6 +84,9 @@ class GatewaySpec:
     retries: int
     backends: tuple[BackendSpec, ...]
     dns_refresh_s: float = 30.0
+    admin_api: Listen = Listen("127.0.0.1", 19000)  # where Envoy reaches the control plane
+    public_router_endpoints: bool = False  # /metrics, /engines on the listener
+    version: str = "unknown"
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -121,13 +124,22 @@ class GatewayModel:
     policy: str
     retries: int
     clusters: tuple[ModelCluster, ...]
+    admin_api: Listen = Listen("127.0.0.1", 19000)
+    public_router_endpoints: bool = False
+    version: str = "unknown"
 
     @property
     def models(self) -> tuple[str, ...]:
         return tuple(c.model for c in self.clusters)
 
+    @property
+    def any_healthy(self) -> bool:
+        """At least one model has a healthy backend: what GET /health reports."""
+        return any(e.health is EndpointHealth.HEALTHY for c in self.clusters for e in c.endpoints)
+
 
 UNROUTED_CLUSTER = "gateway_unrouted"
+ADMIN_CLUSTER = "gateway_admin"  # the control plane's admin API, for /metrics and /engines
 
 #: Health is kept per (endpoint key, model): one broken model leaves the others served.
 HealthKey = tuple[str, str]
@@ -208,4 +220,7 @@ def build_model(
         policy=spec.policy,
         retries=spec.retries,
         clusters=clusters,
+        admin_api=spec.admin_api,
+        public_router_endpoints=spec.public_router_endpoints,
+        version=spec.version,
     )

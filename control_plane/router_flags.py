@@ -178,6 +178,8 @@ def read_router_flags(argv: list[str]) -> RouterFlags:
         "routing": {"policy": ROUTING[args.routing_logic]},
         "health": health,
         "backends": [{"url": b, "models": [m]} for b, m in zip(backends, models, strict=True)],
+        # The router serves /metrics and /engines on its listener; its users scrape them there.
+        "public_router_endpoints": True,
     }
     if args.max_instance_failover_reroute_attempts is not None:
         doc["routing"]["retries"] = args.max_instance_failover_reroute_attempts

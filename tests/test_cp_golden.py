@@ -32,6 +32,7 @@ def test_every_translator_feature_has_a_case() -> None:
         "health_per_model",
         "tls_backend",
         "model_removed",
+        "router_endpoints_public",
     }
 
 

@@ -29,6 +29,7 @@ from support.snapshots import model_from
 
 from control_plane.config import GatewayConfig, parse_config
 from control_plane.model import (
+    ADMIN_CLUSTER,
     UNROUTED_CLUSTER,
     EndpointHealth,
     GatewayModel,
@@ -262,6 +263,8 @@ def test_route_order_and_matches() -> None:
         "audio:wrong-method",
         "models:list",
         "models:wrong-method",
+        "router:health",
+        "router:version",
         "not-found",
     ]
     for r, model in zip(vh.routes[:3], (TINY, BASE, ODD), strict=True):
@@ -279,8 +282,8 @@ def test_route_order_and_matches() -> None:
     assert vh.routes[5].direct_response.status == 200
     assert vh.routes[6].match.path == "/v1/models"
     assert vh.routes[6].direct_response.status == 405
-    assert vh.routes[7].match.prefix == "/"
-    assert vh.routes[7].direct_response.status == 404
+    assert vh.routes[-1].match.prefix == "/"
+    assert vh.routes[-1].direct_response.status == 404
 
 
 def test_audio_path_regex() -> None:
@@ -312,7 +315,11 @@ def test_buffer_limit_and_direct_body_size() -> None:
 
 def test_direct_responses_are_openai_json() -> None:
     vh = route_config().virtual_hosts[0]
-    directs = [r for r in vh.routes if r.HasField("direct_response")]
+    directs = [
+        r
+        for r in vh.routes
+        if r.HasField("direct_response") and not r.name.startswith("router:")
+    ]
     assert len(directs) == 4
     for r in directs:
         status = r.direct_response.status
@@ -327,6 +334,45 @@ def test_direct_responses_are_openai_json() -> None:
         assert set(body["error"]) == {"message", "type", "param", "code"}
         assert body["error"]["code"] == status
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def test_router_endpoints_answered_by_envoy_without_lua() -> None:
+    vh = route_config().virtual_hosts[0]
+    routes = {r.name: r for r in vh.routes}
+    health = routes["router:health"]
+    assert health.match.path == "/health"
+    # The model has healthy endpoints (HEALTH): 200 in the router's shape.
+    assert health.direct_response.status == 200
+    assert json.loads(health.direct_response.body.inline_string) == {"status": "healthy"}
+    version = json.loads(routes["router:version"].direct_response.body.inline_string)
+    assert set(version) == {"version"}
+    for r in (health, routes["router:version"]):
+        per = lua_pb2.LuaPerRoute()
+        assert r.typed_per_filter_config["envoy.filters.http.lua"].Unpack(per) and per.disabled
+    # Not public by default: /metrics and /engines fall to the 404.
+    assert "router:metrics" not in routes and "router:engines" not in routes
+
+
+def test_health_is_503_when_no_model_has_a_healthy_backend() -> None:
+    down = {k: EndpointHealth.UNHEALTHY for k in HEALTH}
+    m = model_from(config(), RESOLVED, {**down, "127.0.0.1:8003": EndpointHealth.UNHEALTHY})
+    odd_off = replace(m, clusters=tuple(c for c in m.clusters if c.model != ODD))
+    vh = build_route_config(odd_off, load_lua_template()).virtual_hosts[0]
+    health = next(r for r in vh.routes if r.name == "router:health")
+    assert health.direct_response.status == 503
+    assert "no model has a healthy backend" in health.direct_response.body.inline_string
+
+
+def test_public_router_endpoints_go_to_the_admin_cluster() -> None:
+    m = gateway_model(config(public_router_endpoints=True))
+    vh = build_route_config(m, load_lua_template()).virtual_hosts[0]
+    routes = {r.name: r for r in vh.routes}
+    for path in ("/metrics", "/engines"):
+        r = routes[f"router:{path[1:]}"]
+        assert r.route.cluster == ADMIN_CLUSTER and r.route.prefix_rewrite == f"/router{path}"
+    admin = next(c for c in build_clusters(m) if c.name == ADMIN_CLUSTER)
+    sa = admin.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (sa.address, sa.port_value) == ("127.0.0.1", 19000)
 
 
 def test_lua_per_route_carries_every_model_and_no_placeholder() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import base_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
-from control_plane.model import UNROUTED_CLUSTER, GatewayModel, ModelCluster
+from control_plane.model import ADMIN_CLUSTER, UNROUTED_CLUSTER, GatewayModel, ModelCluster
 from control_plane.translate.common import ads_source, any_of, seconds
 
 _POLICY = {
@@ -76,5 +76,36 @@ def _unrouted_cluster(model: GatewayModel) -> cluster_pb2.Cluster:
     )
 
 
+def _admin_cluster(model: GatewayModel) -> cluster_pb2.Cluster:
+    """The control plane's admin API, for the router's /metrics and /engines."""
+    address = "127.0.0.1" if model.admin_api.address == "0.0.0.0" else model.admin_api.address
+    return cluster_pb2.Cluster(
+        name=ADMIN_CLUSTER,
+        type=cluster_pb2.Cluster.DiscoveryType.STATIC,
+        connect_timeout=seconds(model.limits.connect_timeout_s),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=ADMIN_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=address_pb2.Address(
+                                    socket_address=address_pb2.SocketAddress(
+                                        address=address, port_value=model.admin_api.port
+                                    )
+                                )
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+
+
 def build_clusters(model: GatewayModel) -> list[cluster_pb2.Cluster]:
-    return [_unrouted_cluster(model)] + [_model_cluster(model, c) for c in model.clusters]
+    head = [_unrouted_cluster(model)]
+    if model.public_router_endpoints:
+        head.append(_admin_cluster(model))
+    return head + [_model_cluster(model, c) for c in model.clusters]

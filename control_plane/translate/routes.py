@@ -19,7 +19,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import wrappers_pb2
 
-from control_plane.model import UNROUTED_CLUSTER, GatewayModel
+from control_plane.model import ADMIN_CLUSTER, UNROUTED_CLUSTER, GatewayModel
 from control_plane.translate.common import any_of, seconds
 from control_plane.translate.listener import MODEL_HEADER, ROUTE_CONFIG_NAME
 
@@ -120,6 +120,56 @@ def models_body(models: tuple[str, ...]) -> str:
     )
 
 
+_NO_LUA = {"envoy.filters.http.lua": any_of(lua_pb2.LuaPerRoute(disabled=True))}
+
+
+def health_body(model: GatewayModel) -> tuple[int, str]:
+    """GET /health as the router answers it, decided from the model Envoy holds."""
+    if model.any_healthy:
+        return 200, json.dumps({"status": "healthy"})
+    return 503, json.dumps({"status": "no model has a healthy backend"})
+
+
+def router_routes(model: GatewayModel) -> list[rc.Route]:
+    """The router's own endpoints. Envoy answers /health and /version itself (so they
+    work while the control plane restarts); /metrics and /engines, when public, go to
+    the control plane's admin API over a cluster of their own. Never through Lua."""
+    get = _exact(":method", "GET")
+    status, body = health_body(model)
+    json_type = [_header("content-type", "application/json")]
+    routes = [
+        rc.Route(
+            name="router:health",
+            match=rc.RouteMatch(path="/health", headers=[get]),
+            direct_response=_direct(status, body),
+            response_headers_to_add=json_type,
+            typed_per_filter_config=_NO_LUA,
+        ),
+        rc.Route(
+            name="router:version",
+            match=rc.RouteMatch(path="/version", headers=[get]),
+            direct_response=_direct(200, json.dumps({"version": model.version})),
+            response_headers_to_add=json_type,
+            typed_per_filter_config=_NO_LUA,
+        ),
+    ]
+    if model.public_router_endpoints:
+        for path in ("/metrics", "/engines"):
+            routes.append(
+                rc.Route(
+                    name=f"router:{path[1:]}",
+                    match=rc.RouteMatch(path=path, headers=[get]),
+                    route=rc.RouteAction(
+                        cluster=ADMIN_CLUSTER,
+                        prefix_rewrite=f"/router{path}",
+                        timeout=seconds(10),
+                    ),
+                    typed_per_filter_config=_NO_LUA,
+                )
+            )
+    return routes
+
+
 def build_routes(model: GatewayModel) -> list[rc.Route]:
     routes: list[rc.Route] = []
     post = _exact(":method", "POST")
@@ -174,6 +224,7 @@ def build_routes(model: GatewayModel) -> list[rc.Route]:
             ],
         )
     )
+    routes += router_routes(model)
     routes.append(
         rc.Route(
             name="not-found",
