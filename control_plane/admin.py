@@ -14,6 +14,7 @@ from control_plane.app import ControlPlane
 from control_plane.config import ConfigError, load_config
 from control_plane.metrics import make_registry
 from control_plane.reconciler import target_key
+from control_plane.router_metrics import HostUsage, read_live, render, server_url
 from control_plane.snapshot import PUSH_ORDER, SHORT_NAMES
 
 
@@ -109,6 +110,27 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
             body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST}
         )
 
+    usage = HostUsage()
+
+    async def router_metrics(_: web.Request) -> web.Response:
+        """The router's /metrics names (see router_metrics); Envoy's /metrics route ends here."""
+        views = cp.endpoints()
+        live = await read_live(cp.envoy_admin_url, views)
+        return web.Response(
+            body=render(views, cp.request_stats, live, usage),
+            headers={"content-type": CONTENT_TYPE_LATEST},
+        )
+
+    async def router_engines(_: web.Request) -> web.Response:
+        """The router's /engines: one entry per backend endpoint with its models."""
+        created = int(cp.started_at)
+        return _json(
+            [
+                {"engine_id": server_url(v), "serving_models": list(v.models), "created": created}
+                for v in cp.endpoints()
+            ]
+        )
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -121,6 +143,8 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
     app.router.add_post("/config/reload", reload)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/router/metrics", router_metrics)
+    app.router.add_get("/router/engines", router_engines)
     return app
 
 

@@ -158,8 +158,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 
 async def serve(
-    cache: SnapshotCache, address: str, port: int, on_ack: Callable[[], None] | None = None
+    cache: SnapshotCache,
+    address: str,
+    port: int,
+    on_ack: Callable[[], None] | None = None,
+    more: Callable[[grpc.aio.Server], None] | None = None,
 ) -> tuple[grpc.aio.Server, AdsServer]:
+    """ADS (and, through `more`, other services on the same port) on grpc.aio."""
     server = grpc.aio.server(
         options=[
             ("grpc.keepalive_time_ms", 30_000),
@@ -171,6 +176,8 @@ async def serve(
     )
     ads = AdsServer(cache, on_ack)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    if more is not None:
+        more(server)
     bound = server.add_insecure_port(f"{address}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for xDS on {address}:{port}")

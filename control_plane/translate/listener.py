@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import address_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    config_source_pb2,
+    grpc_service_pb2,
+    substitution_format_string_pb2,
+)
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -18,6 +24,8 @@ from google.protobuf import struct_pb2, wrappers_pb2
 from control_plane.model import GatewayModel
 from control_plane.translate.common import ads_source, any_of, seconds
 
+#: The bootstrap's static cluster to the control plane (xDS and the access log service).
+XDS_CLUSTER = "xds_cluster"
 LISTENER_NAME = "gateway_http"
 ROUTE_CONFIG_NAME = "gateway_routes"
 MODEL_HEADER = "x-gateway-model"
@@ -165,7 +173,26 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
                         )
                     )
                 ),
-            )
+            ),
+            # Every finished request to the control plane (request stats, /metrics).
+            accesslog_pb2.AccessLog(
+                name="envoy.access_loggers.http_grpc",
+                typed_config=any_of(
+                    als_pb2.HttpGrpcAccessLogConfig(
+                        common_config=als_pb2.CommonGrpcAccessLogConfig(
+                            log_name="gateway",
+                            grpc_service=grpc_service_pb2.GrpcService(
+                                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                                    cluster_name=XDS_CLUSTER
+                                )
+                            ),
+                            transport_api_version=config_source_pb2.ApiVersion.V3,
+                            buffer_flush_interval=seconds(0.5),
+                        ),
+                        additional_request_headers_to_log=[MODEL_HEADER],
+                    )
+                ),
+            ),
         ],
     )
     return listener_pb2.Listener(
