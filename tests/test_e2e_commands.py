@@ -134,6 +134,13 @@ def test_the_router_line_serves_the_seed_requests(tmp_path: Path) -> None:
         assert status == 200 and body.rstrip().endswith("data: [DONE]"), body
         status, body = curl(f"{url}/v1/models")
         assert status == 200 and "openai/whisper-small" in body
+        # The router's own endpoints answer on its port, as its users' probes expect.
+        assert curl(f"{url}/health") == (200, '{"status": "healthy"}')
+        status, body = curl(f"{url}/engines")
+        assert status == 200 and json.loads(body)[0]["serving_models"] == ["openai/whisper-small"]
+        status, body = curl(f"{url}/metrics")
+        assert status == 200
+        assert f'vllm:healthy_pods_total{{server="http://127.0.0.1:{bport}"}} 1.0' in body
         # What the flags became is what runs.
         written = yaml.safe_load((tree.run_dir() / "gateway.yaml").read_text())
         assert written["health"]["interval_s"] == 60.0  # the router's default
