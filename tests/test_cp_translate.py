@@ -316,9 +316,7 @@ def test_buffer_limit_and_direct_body_size() -> None:
 def test_direct_responses_are_openai_json() -> None:
     vh = route_config().virtual_hosts[0]
     directs = [
-        r
-        for r in vh.routes
-        if r.HasField("direct_response") and not r.name.startswith("router:")
+        r for r in vh.routes if r.HasField("direct_response") and not r.name.startswith("router:")
     ]
     assert len(directs) == 4
     for r in directs:

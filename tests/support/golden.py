@@ -14,9 +14,11 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
-from control_plane.config import load_config
+from control_plane.bootstrap import build_bootstrap
+from control_plane.config import load_config, parse_config
 from control_plane.frontend import spec_from_config
 from control_plane.model import EndpointHealth, HealthKey, build_model
 from control_plane.reconciler import fixed_addresses
@@ -97,6 +99,13 @@ def static_bootstrap(snap: Snapshot) -> dict[str, Any]:
             static.ClearField("eds_cluster_config")
             static.type = cluster_pb2.Cluster.DiscoveryType.STATIC
             static.load_assignment.CopyFrom(cla)
+    # The access log service is reached through the bootstrap's own xDS cluster.
+    xds = build_bootstrap(
+        parse_config({"backends": [{"url": "http://127.0.0.1:1", "models": ["m"]}]})
+    )
+    json_format.ParseDict(
+        xds["static_resources"]["clusters"][0], boot.static_resources.clusters.add()
+    )
     routes = snap.items(ROUTE)
     for lst in snap.select(LISTENER, []):
         static_lst = boot.static_resources.listeners.add()
