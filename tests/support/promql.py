@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 Series = dict[tuple[tuple[str, str], ...], float]
@@ -53,7 +56,15 @@ DASHBOARD = [
     "router_memory_usage_percent",
     "router_disk_usage_percent",
 ]
-ADAPTER = [
-    "sum by(namespace) (vllm:num_requests_waiting)",
-    "sum by(namespace, model) (vllm:num_incoming_requests_total)",
-]
+ADAPTER_FILE = (
+    Path(__file__).resolve().parents[2] / "k8s" / "monitoring" / "prometheus-adapter.yaml"
+)
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    """The rules the Kubernetes example installs in prometheus-adapter."""
+    doc = yaml.safe_load(ADAPTER_FILE.read_text())
+    return list(yaml.safe_load(doc["data"]["config.yaml"])["externalRules"])
+
+
+ADAPTER = [r["metricsQuery"] for r in adapter_rules()]
