@@ -239,7 +239,7 @@ async def test_stale_nonce_ignored(env: Env) -> None:
 async def test_health_change_pushes_only_eds(env: Env) -> None:
     c = Client(env.stub)
     got = await handshake(c)
-    flipped = snap(healthy=False)
+    flipped = snap(healthy=(False, True))
     assert env.cache.set(flipped)
     r = await c.recv()
     assert r.type_url == ENDPOINT

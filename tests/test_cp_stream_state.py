@@ -96,11 +96,19 @@ def test_rule3_unchanged_type_not_resent() -> None:
 
 
 def test_rule3_health_flip_pushes_only_eds() -> None:
-    st, sent = subscribed(snap())
-    flipped = snap(healthy=False)
+    st, sent = subscribed(snap((A, B)))
+    flipped = snap((A, B), healthy=(False, True))
     pushed = st.on_snapshot(flipped)
     assert [r.type_url for r in pushed] == [ENDPOINT]
     assert pushed[0].version == flipped.version(ENDPOINT) != sent[ENDPOINT].version
+
+
+def test_rule3_last_healthy_backend_gone_also_changes_health_route() -> None:
+    """The one exception: GET /health is answered by Envoy from RDS, so when no model
+    has a healthy backend left (or the first comes back) the routes change too."""
+    st, _ = subscribed(snap())
+    pushed = st.on_snapshot(snap(healthy=False))
+    assert [r.type_url for r in pushed] == [ENDPOINT, ROUTE]
 
 
 def test_rule4_nack_recorded_and_not_resent() -> None:

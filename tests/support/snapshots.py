@@ -37,11 +37,12 @@ def model_from(
 
 def snap(
     models: tuple[str, ...] = (A, B),
-    healthy: bool = True,
+    healthy: bool | tuple[bool, ...] = True,
     policy: str = "least_request",
     port: int = 8000,
 ) -> Snapshot:
-    """One backend per model on 127.0.0.1:8100+i, all healthy or all unhealthy."""
+    """One backend per model on 127.0.0.1:8100+i, all healthy, all unhealthy, or
+    as listed per model."""
     doc: dict[str, Any] = {
         "listener": {"port": port},
         "routing": {"policy": policy},
@@ -51,8 +52,9 @@ def snap(
     }
     cfg = parse_config(doc)
     resolved = {b.url: ("127.0.0.1",) for b in cfg.backends}
-    state = EndpointHealth.HEALTHY if healthy else EndpointHealth.UNHEALTHY
+    flags = healthy if isinstance(healthy, tuple) else (healthy,) * len(models)
     health: dict[str | HealthKey, EndpointHealth] = {
-        f"127.0.0.1:{8100 + i}": state for i in range(len(models))
+        f"127.0.0.1:{8100 + i}": EndpointHealth.HEALTHY if ok else EndpointHealth.UNHEALTHY
+        for i, ok in enumerate(flags)
     }
     return build_snapshot(model_from(cfg, resolved, health), load_lua_template())
