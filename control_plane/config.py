@@ -25,6 +25,7 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 POLICIES = ("least_request", "round_robin")
+STREAM_FORMATS = ("openai", "backend", "text")
 BACKEND_TYPES = ("transcription",)
 LAUNCH_KINDS = ("cpu",)
 
@@ -131,6 +132,10 @@ class GatewayConfig:
     # GET /metrics and /engines on the public listener (the admin API always has them).
     # Off by default: they name every backend and its load to whoever reaches the listener.
     public_router_endpoints: bool = False
+    # How streamed transcriptions reach clients: OpenAI's transcript.text.* events,
+    # the backend's own chunks untouched, or the seed's `data: {"text": ...}`.
+    stream_format: str = "openai"
+    stream_formats: tuple[tuple[str, str], ...] = ()  # per-model overrides
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -333,6 +338,16 @@ def parse_config(data: Any) -> GatewayConfig:
         raise ConfigError("backends", "must be a non-empty list")
     backends = tuple(_backend(b, f"backends[{i}]", health) for i, b in enumerate(raw_backends))
     _check_backends(backends)
+    stream_format = d.get("stream_format", "openai")
+    if stream_format not in STREAM_FORMATS:
+        raise ConfigError("stream_format", f"must be one of {', '.join(STREAM_FORMATS)}")
+    overrides = _mapping(d.get("stream_formats"), "stream_formats")
+    models = {m for b in backends for m in b.models}
+    for m, f in overrides.items():
+        if m not in models:
+            raise ConfigError(f"stream_formats.{m}", "names no model of any backend")
+        if f not in STREAM_FORMATS:
+            raise ConfigError(f"stream_formats.{m}", f"must be one of {', '.join(STREAM_FORMATS)}")
     top = {
         n: _value(_FIELDS[n], d[n], n)
         for n in ("node_id", "dns_refresh_s", "envoy_workers", "public_router_endpoints")
@@ -348,6 +363,8 @@ def parse_config(data: Any) -> GatewayConfig:
         outlier=_section(OutlierConfig, d.get("outlier"), "outlier"),
         health=health,
         backends=backends,
+        stream_format=stream_format,
+        stream_formats=tuple(sorted(overrides.items())),
         **top,
     )
     used: dict[tuple[str, int], str] = {}
@@ -375,6 +392,7 @@ def config_to_dict(config: GatewayConfig) -> dict[str, Any]:
     """The config as the YAML document that parses back to it (for --dry-run, files)."""
     doc = _plain(config)
     assert isinstance(doc, dict)
+    doc["stream_formats"] = dict(config.stream_formats)
     for b in doc["backends"]:
         if b.get("health") == doc["health"]:
             del b["health"]  # inherited from the top level

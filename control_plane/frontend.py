@@ -58,4 +58,6 @@ def spec_from_config(config: GatewayConfig) -> GatewaySpec:
         admin_api=Listen(config.admin.address, config.admin.port),
         public_router_endpoints=config.public_router_endpoints,
         version=version(),
+        stream_formats=config.stream_formats,
+        stream_format=config.stream_format,
     )

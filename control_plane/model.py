@@ -87,6 +87,8 @@ class GatewaySpec:
     admin_api: Listen = Listen("127.0.0.1", 19000)  # where Envoy reaches the control plane
     public_router_endpoints: bool = False  # /metrics, /engines on the listener
     version: str = "unknown"
+    stream_formats: tuple[tuple[str, str], ...] = ()  # model -> openai | backend | text
+    stream_format: str = "openai"  # for models not listed
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -114,6 +116,7 @@ class ModelCluster:
     endpoints: tuple[Endpoint, ...]
     max_concurrency_per_host: int
     tls: bool
+    stream_format: str = "openai"
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ def build_model(
             endpoints=tuple(eps[k] for k in sorted(eps)),
             max_concurrency_per_host=limits[m],
             tls=tls[m],
+            stream_format=dict(spec.stream_formats).get(m, spec.stream_format),
         )
         for m, eps in per_model.items()
     )

@@ -112,6 +112,8 @@ def _parser() -> _Parser:
     p.add_argument("--max-instance-failover-reroute-attempts", type=int)
     p.add_argument("--request-rewriter", default="noop")
     p.add_argument("--max-upload-mb", type=float)  # ours: the router has no such limit
+    # Ours: the router passes vLLM's chunks through, so that is the default here.
+    p.add_argument("--stream-format", default="backend", choices=("openai", "backend", "text"))
     for flag in IGNORED:
         p.add_argument(flag)
     for flag in IGNORED_SWITCHES:
@@ -180,6 +182,7 @@ def read_router_flags(argv: list[str]) -> RouterFlags:
         "backends": [{"url": b, "models": [m]} for b, m in zip(backends, models, strict=True)],
         # The router serves /metrics and /engines on its listener; its users scrape them there.
         "public_router_endpoints": True,
+        "stream_format": args.stream_format,
     }
     if args.max_instance_failover_reroute_attempts is not None:
         doc["routing"]["retries"] = args.max_instance_failover_reroute_attempts

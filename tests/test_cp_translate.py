@@ -376,7 +376,7 @@ def test_public_router_endpoints_go_to_the_admin_cluster() -> None:
 def test_lua_per_route_carries_every_model_and_no_placeholder() -> None:
     lua = rendered_lua()
     for m in (TINY, BASE, ODD):
-        assert f'["{m}"] = true' in lua
+        assert f'["{m}"] = "openai"' in lua  # the stream format, openai by default
     assert "--MODELS--" not in lua
     assert "--MODEL_LIST--" not in lua
     assert "envoy_on_request" in lua
@@ -384,9 +384,9 @@ def test_lua_per_route_carries_every_model_and_no_placeholder() -> None:
 
 def test_render_lua_is_one_pass() -> None:
     tmpl = 'local M = {\n--MODELS--\n}\nlocal L = "--MODEL_LIST--"\n'
-    out = render_lua(tmpl, ("--MODEL_LIST--", "--MODELS--"))
+    out = render_lua(tmpl, ("--MODEL_LIST--", "--MODELS--"), {"--MODELS--": "text"})
     assert out == (
-        'local M = {\n  ["--MODEL_LIST--"] = true,\n  ["--MODELS--"] = true,\n}\n'
+        'local M = {\n  ["--MODEL_LIST--"] = "openai",\n  ["--MODELS--"] = "text",\n}\n'
         'local L = "--MODEL_LIST--, --MODELS--"\n'
     )
 
@@ -531,6 +531,7 @@ local headers = {
   replace = function(self, k, v) hdrs[k] = v end,
 }
 local replied, cleared = nil, false
+local meta = {}
 local handle = {
   headers = function(self) return headers end,
   body = function(self)
@@ -538,7 +539,16 @@ local handle = {
     return {
       length = function(s) return #data end,
       getBytes = function(s, i, n) return string.sub(data, i + 1, i + n) end,
+      setBytes = function(s, b) data = b end,
     }
+  end,
+  streamInfo = function(self)
+    return {dynamicMetadata = function(s)
+      return {
+        set = function(m, ns, k, v) meta[ns] = meta[ns] or {}; meta[ns][k] = v end,
+        get = function(m, ns) return meta[ns] end,
+      }
+    end}
   end,
   respond = function(self, h, b) replied = {h, b} end,
   clearRouteCache = function(self) cleared = true end,

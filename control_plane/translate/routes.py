@@ -46,10 +46,13 @@ def _lua_string(s: str) -> str:
 _PLACEHOLDERS = re.compile(r'--MODELS--|"--MODEL_LIST--"')
 
 
-def render_lua(template: str, models: tuple[str, ...]) -> str:
-    """Fill the model set into the Lua source (pure, one pass: names are never re-read)."""
+def render_lua(template: str, models: tuple[str, ...], stream_formats: dict[str, str]) -> str:
+    """Fill the models and their stream formats into the Lua source (pure, one pass)."""
     fill = {
-        "--MODELS--": "\n".join(f"  [{_lua_string(m)}] = true," for m in models),
+        "--MODELS--": "\n".join(
+            f"  [{_lua_string(m)}] = {_lua_string(stream_formats.get(m, 'openai'))},"
+            for m in models
+        ),
         '"--MODEL_LIST--"': _lua_string(", ".join(models)),
     }
     return _PLACEHOLDERS.sub(lambda mo: fill[mo.group(0)], template)
@@ -244,7 +247,7 @@ def build_routes(model: GatewayModel) -> list[rc.Route]:
 
 
 def build_route_config(model: GatewayModel, lua_template: str) -> route_pb2.RouteConfiguration:
-    lua = render_lua(lua_template, model.models)
+    lua = render_lua(lua_template, model.models, {c.model: c.stream_format for c in model.clusters})
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(value=MAX_DIRECT_BODY),
