@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import time
 
@@ -48,7 +49,14 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
 
     async def _transcribe(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        SEEN.append({"headers": dict(request.headers), "bytes": len(body), "path": request.path})
+        SEEN.append(
+            {
+                "headers": dict(request.headers),
+                "bytes": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "path": request.path,
+            }
+        )
         if mode == "fast":
             return web.json_response({"text": " fake", "usage": {"type": "duration", "seconds": 1}})
         if mode == "slow":
