@@ -9,6 +9,8 @@ Run as `python tests/support/fake_backend.py --mode MODE --port N`. Modes:
   error500     answers 500 in the OpenAI error shape
   garbage      answers 200 with a body that is not JSON
   reset_stream starts an SSE stream, sends two chunks, then drops the connection
+  timed_stream slow_stream whose chunks carry their send time (bench baseline)
+  verbose_long answers a 10-minute verbose_json at once (bench baseline)
 Each request's headers are kept so a test can read what reached the backend
 (GET /_fake/requests).
 """
@@ -36,6 +38,27 @@ def _chunk(text: str, finish: str | None = None) -> bytes:
         "choices": [{"delta": {"content": text}, "finish_reason": finish}],
     }
     return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def _verbose_10min() -> dict[str, object]:
+    """A verbose_json of a 10-minute file (bench baseline): 150 segments of 4 s."""
+    segments = [
+        {
+            "id": i,
+            "seek": (i * 400) // 3000 * 3000,
+            "start": i * 4.0,
+            "end": i * 4.0 + 3.9,
+            "text": f" Segment {i} of the long recording, with a dozen words in it.",
+            "tokens": list(range(12)),
+            "temperature": 0.0,
+            "avg_logprob": -0.2,
+            "compression_ratio": 1.3,
+            "no_speech_prob": 0.01,
+        }
+        for i in range(150)
+    ]
+    text = "".join(str(s["text"]) for s in segments)
+    return {"language": "en", "duration": 600.0, "text": text, "segments": segments}
 
 
 def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Application:
@@ -85,11 +108,15 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
             )
         if mode == "garbage":
             return web.Response(text="<html>not json", content_type="text/html")
+        if mode == "verbose_long":
+            return web.json_response(_verbose_10min())
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         n = 2 if mode == "reset_stream" else chunks
         for i in range(n):
-            await resp.write(_chunk(f" chunk{i}"))
+            # timed_stream (bench): each chunk carries its send time.
+            text = f" {time.time():.6f}" if mode == "timed_stream" else f" chunk{i}"
+            await resp.write(_chunk(text))
             await asyncio.sleep(interval)
         if mode == "reset_stream":
             assert request.transport is not None
@@ -132,6 +159,8 @@ def main() -> None:
             "garbage",
             "reset_stream",
             "trickle",
+            "timed_stream",
+            "verbose_long",
         ],
     )
     p.add_argument("--host", default="127.0.0.1")
