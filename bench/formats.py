@@ -58,6 +58,8 @@ async def event_latencies(url: str, stream_format: str | None) -> list[float]:
             if not line.startswith(b"data: {"):
                 continue
             event = json.loads(line[6:])
+            if event.get("type") == "transcript.text.done":
+                continue  # the whole text again, sent at the end
             text = event.get("delta") or event.get("text")
             if text is None:
                 choices = event.get("choices") or [{}]

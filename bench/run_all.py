@@ -16,6 +16,7 @@ BENCHES = [
     "bench.gateway_vs_direct",
     "bench.failover",
     "bench.reconciler_push",
+    "bench.formats",
 ]
 
 
@@ -69,6 +70,26 @@ def summary() -> str:
             f"| {r['debounce_ms']:.0f} ms | {v['median']:.1f} / {v['p99']:.1f} ms "
             f"| {b['pushes_median']:.0f}, {b['to_last_ack_ms_median']:.0f} ms |"
         )
+    fm = json.loads((RESULTS / "formats.json").read_text())
+    ev, rd = fm["events"], fm["render_10min"]
+    lines += [
+        "",
+        f"Streamed events ({ev['direct']['n']} per path, same run), latency per event:",
+        "",
+        "| path | p50 ms | p99 ms |",
+        "|---|---|---|",
+    ]
+    for key in ("direct", "gateway_pass_through", "gateway_openai_conversion"):
+        lines.append(f"| {key} | {ev[key]['p50_ms']:.2f} | {ev[key]['p99_ms']:.2f} |")
+    met = "met" if ev["target_met"] else "missed"
+    lines += [
+        "",
+        f"Conversion adds {ev['conversion_added_p50_ms']:.2f} ms at p50 and "
+        f"{ev['conversion_added_p99_ms']:.2f} ms at p99 (target < 1 ms at p99: {met}). "
+        f"srt of a 10-minute file ({rd['segments']} segments): {rd['srt_median_ms']:.1f} ms "
+        f"vs {rd['verbose_json_median_ms']:.1f} ms for verbose_json passed through "
+        f"(+{rd['srt_added_ms']:.1f} ms).",
+    ]
     return "\n".join(lines)
 
 
