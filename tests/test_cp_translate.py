@@ -256,8 +256,11 @@ def test_route_order_and_matches() -> None:
     assert list(vh.domains) == ["*"]
     names = [r.name for r in vh.routes]
     assert names == [
+        f"model:{TINY}:convert",
         f"model:{TINY}",
+        f"model:{BASE}:convert",
         f"model:{BASE}",
+        f"model:{ODD}:convert",
         f"model:{ODD}",
         "audio:before-lua",
         "audio:wrong-method",
@@ -267,11 +270,26 @@ def test_route_order_and_matches() -> None:
         "router:version",
         "not-found",
     ]
-    for r, model in zip(vh.routes[:3], (TINY, BASE, ODD), strict=True):
-        assert r.match.safe_regex.regex == AUDIO_PATH_RE
-        headers = {(h.name, h.string_match.exact) for h in r.match.headers}
+    for i, model in enumerate((TINY, BASE, ODD)):
+        convert, plain = vh.routes[2 * i], vh.routes[2 * i + 1]
+        for r in (convert, plain):
+            assert r.match.safe_regex.regex == AUDIO_PATH_RE
+            assert r.route.cluster == cluster_name(model)
+            assert list(r.request_headers_to_remove) == ["x-gateway-convert"]
+        headers = {(h.name, h.string_match.exact) for h in plain.match.headers}
         assert headers == {("x-gateway-model", model), (":method", "POST")}
-        assert r.route.cluster == cluster_name(model)
+        convert_headers = {(h.name, h.string_match.exact) for h in convert.match.headers}
+        assert convert_headers == headers | {("x-gateway-convert", "1")}
+        # The response filter runs on the convert route only.
+        on, off = lua_pb2.LuaPerRoute(), lua_pb2.LuaPerRoute()
+        assert convert.typed_per_filter_config["whisper.filters.format"].Unpack(on)
+        assert plain.typed_per_filter_config["whisper.filters.format"].Unpack(off)
+        assert "envoy_on_response" in on.source_code.inline_string and off.disabled
+    vh_off = lua_pb2.LuaPerRoute()
+    assert vh.typed_per_filter_config["whisper.filters.format"].Unpack(vh_off) and vh_off.disabled
+    vh.routes.pop(0)
+    vh.routes.pop(1)
+    vh.routes.pop(2)
     before = vh.routes[3]
     assert before.match.safe_regex.regex == AUDIO_PATH_RE
     assert [(h.name, h.string_match.exact) for h in before.match.headers] == [(":method", "POST")]
@@ -295,7 +313,7 @@ def test_audio_path_regex() -> None:
 
 def test_forwarding_routes_have_no_total_timeout_and_safe_retries() -> None:
     forwarding = [r for r in route_config().virtual_hosts[0].routes if r.HasField("route")]
-    assert len(forwarding) == 4
+    assert len(forwarding) == 7  # two per model and the route matched before Lua
     for r in forwarding:
         a = r.route
         assert a.HasField("timeout") and a.timeout.ToNanoseconds() == 0
@@ -404,6 +422,7 @@ def test_listener() -> None:
     assert m.rds.config_source.HasField("ads")
     assert [f.name for f in m.http_filters] == [
         "envoy.filters.http.lua",
+        "whisper.filters.format",
         "envoy.filters.http.router",
     ]
     assert m.stream_idle_timeout.ToSeconds() == 321

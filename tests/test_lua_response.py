@@ -15,12 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.snapshots import model_from
-from test_cp_translate import CONFIG, RESOLVED
 
-from control_plane.config import parse_config
-from control_plane.resources import load_lua_template
-from control_plane.translate import render_lua
+from control_plane.translate.routes import format_source
 from whisper_backend.engine import Segment
 from whisper_backend.formats import Result, render_srt, render_text, render_vtt
 
@@ -81,8 +77,7 @@ if #out > 0 then io.write(table.concat(out)) else io.write(hdrs["content-type"],
 
 
 def lua_source() -> str:
-    m = model_from(parse_config(CONFIG), RESOLVED, {})
-    return render_lua(load_lua_template(), m.models, {})
+    return format_source()
 
 
 def run(

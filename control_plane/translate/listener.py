@@ -29,6 +29,8 @@ XDS_CLUSTER = "xds_cluster"
 LISTENER_NAME = "gateway_http"
 ROUTE_CONFIG_NAME = "gateway_routes"
 MODEL_HEADER = "x-gateway-model"
+#: The second Lua filter: response conversion, enabled per route (routes.py).
+FORMAT_FILTER = "whisper.filters.format"
 
 ACCESS_LOG_FORMAT = {
     "time": "%START_TIME%",
@@ -152,6 +154,8 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
         http_filters=[
             # The Lua source arrives per virtual host through RDS.
             hcm.HttpFilter(name="envoy.filters.http.lua", typed_config=any_of(lua_pb2.Lua())),
+            # Response formats; disabled on the virtual host, enabled per route.
+            hcm.HttpFilter(name=FORMAT_FILTER, typed_config=any_of(lua_pb2.Lua())),
             hcm.HttpFilter(
                 name="envoy.filters.http.router", typed_config=any_of(router_pb2.Router())
             ),

@@ -7,9 +7,11 @@ header Lua writes, and everything else gets an OpenAI-shaped 404 or 405.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -21,9 +23,28 @@ from google.protobuf import wrappers_pb2
 
 from control_plane.model import ADMIN_CLUSTER, UNROUTED_CLUSTER, GatewayModel
 from control_plane.translate.common import any_of, seconds
-from control_plane.translate.listener import MODEL_HEADER, ROUTE_CONFIG_NAME
+from control_plane.translate.listener import FORMAT_FILTER, MODEL_HEADER, ROUTE_CONFIG_NAME
 
 LUA_TEMPLATE = Path(__file__).resolve().parents[1] / "filters" / "route_by_model.lua"
+FORMAT_LUA = Path(__file__).resolve().parents[1] / "filters" / "format_response.lua"
+CONVERT_HEADER = "x-gateway-convert"
+
+
+@functools.cache
+def format_source() -> str:
+    """The response side's Lua (no placeholders): read once per process."""
+    return FORMAT_LUA.read_text()
+
+
+def _format_filter(enabled: bool) -> dict[str, Any]:
+    per = (
+        lua_pb2.LuaPerRoute(source_code=base_pb2.DataSource(inline_string=format_source()))
+        if enabled
+        else lua_pb2.LuaPerRoute(disabled=True)
+    )
+    return {FORMAT_FILTER: any_of(per)}
+
+
 AUDIO_PATH_RE = r"^/v1/audio/(transcriptions|translations)$"
 RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 MAX_DIRECT_BODY = 256 * 1024
@@ -177,17 +198,25 @@ def build_routes(model: GatewayModel) -> list[rc.Route]:
     routes: list[rc.Route] = []
     post = _exact(":method", "POST")
     for c in model.clusters:
-        routes.append(
-            rc.Route(
-                name=f"model:{c.model}",
-                match=_audio_match(_exact(MODEL_HEADER, c.model), post),
-                route=_forward(model, c.cluster_name),
-                response_headers_to_add=[
-                    _header("x-gateway-model", c.model),
-                    _header("x-gateway-backend", "%UPSTREAM_REMOTE_ADDRESS%"),
-                ],
+        # Two routes per model: the response filter runs only where the request side
+        # asked for a conversion, so plain JSON answers never enter Lua on the way back.
+        for convert in (True, False):
+            match = [_exact(MODEL_HEADER, c.model), post]
+            if convert:
+                match.append(_exact(CONVERT_HEADER, "1"))
+            routes.append(
+                rc.Route(
+                    name=f"model:{c.model}" + (":convert" if convert else ""),
+                    match=_audio_match(*match),
+                    route=_forward(model, c.cluster_name),
+                    request_headers_to_remove=[CONVERT_HEADER],
+                    response_headers_to_add=[
+                        _header("x-gateway-model", c.model),
+                        _header("x-gateway-backend", "%UPSTREAM_REMOTE_ADDRESS%"),
+                    ],
+                    typed_per_filter_config=_format_filter(convert),
+                )
             )
-        )
     routes.append(
         rc.Route(
             name="audio:before-lua",
@@ -259,7 +288,8 @@ def build_route_config(model: GatewayModel, lua_template: str) -> route_pb2.Rout
                 typed_per_filter_config={
                     "envoy.filters.http.lua": any_of(
                         lua_pb2.LuaPerRoute(source_code=base_pb2.DataSource(inline_string=lua))
-                    )
+                    ),
+                    **_format_filter(False),
                 },
                 routes=build_routes(model),
             )
