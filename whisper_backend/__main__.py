@@ -42,6 +42,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("WHISPER_BACKEND_API_KEY"),
         help="require `Authorization: Bearer KEY` on /v1/* (env WHISPER_BACKEND_API_KEY)",
     )
+    p.add_argument(
+        "--api-flavor",
+        choices=("ours", "vllm"),
+        default="ours",
+        help="ours: this server's API (subtitles, text/plain, ...); vllm: answer exactly as "
+        "`vllm serve` (0.33) does, for testing against vLLM's behaviour",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -57,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_audio_seconds=args.max_audio_seconds,
         shutdown_grace=max(0.0, args.shutdown_grace),
         api_key=args.api_key or None,
+        api_flavor=args.api_flavor,
         engine=EngineConfig(
             num_workers=workers,
             cpu_threads=threads,

@@ -99,6 +99,7 @@ class Engine:
         self.config = config
         self.model: Any = None
         self.multilingual = False
+        self.timestamp_begin = 1 << 30  # first timestamp token id, known once loaded
         self.running = 0
         self.waiting = 0
         self.on_change: Callable[[], None] = lambda: None
@@ -124,7 +125,14 @@ class Engine:
             local_files_only=True,
         )
         self.multilingual = bool(model.model.is_multilingual)
+        no_ts = model.hf_tokenizer.token_to_id("<|notimestamps|>")
+        if no_ts is not None:
+            self.timestamp_begin = int(no_ts) + 1
         self.model = model
+
+    def count_tokens(self, text: str) -> int:
+        """Text tokens of `text` under the model's tokenizer (no special tokens)."""
+        return len(self.model.hf_tokenizer.encode(text, add_special_tokens=False).ids)
 
     @property
     def ready(self) -> bool:

@@ -27,6 +27,8 @@ class ApiError(Exception):
         param: str | None = None,
         retry_after: int | None = None,
         close: bool = False,
+        err_type: str | None = None,
+        raw_body: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -34,14 +36,20 @@ class ApiError(Exception):
         self.param = param
         self.retry_after = retry_after
         self.close = close
+        self.err_type = err_type  # overrides the type derived from the status
+        self.raw_body = raw_body  # a body not in the error shape (vLLM's framework errors)
 
     @property
     def type(self) -> str:
+        if self.err_type is not None:
+            return self.err_type
         return _TYPES.get(
             self.status, "BadRequestError" if self.status < 500 else "InternalServerError"
         )
 
     def body(self) -> dict[str, Any]:
+        if self.raw_body is not None:
+            return self.raw_body
         return {
             "error": {
                 "message": self.message,

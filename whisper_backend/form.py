@@ -6,7 +6,7 @@ oversized upload never sits in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import BodyPartReader, web
 
@@ -15,6 +15,7 @@ from .formats import RESPONSE_FORMATS
 
 _LIST_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
 _MAX_FIELD_BYTES = 64 * 1024
+_VLLM_MAX_FIELD_BYTES = 1024 * 1024  # Starlette's max_part_size for form fields
 _CHUNK = 64 * 1024
 
 
@@ -27,6 +28,8 @@ class RawForm:
     file_was_text: bool
     fields: dict[str, str]
     lists: dict[str, tuple[str, ...]]
+    # The list parts under the name the client used (`timestamp_granularities[]` or not).
+    raw_lists: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,23 @@ class TranscriptionRequest:
     stream: bool
     stream_include_usage: bool
     word_timestamps: bool
+    stream_continuous_usage: bool = False  # vLLM flavor: usage on every stream chunk
 
 
-def too_large(limit_bytes: int) -> ApiError:
+def too_large(limit_bytes: int, vllm: bool = False, seen_bytes: int | None = None) -> ApiError:
     mb = limit_bytes / (1024 * 1024)
+    if vllm:
+        # vLLM raises VLLMValidationError("Maximum file size exceeded", parameter=...,
+        # value=size_mb); its str() carries both. We stop reading early, so `value` is what
+        # we saw (Content-Length or the bytes read), not the whole file's size.
+        value = (seen_bytes if seen_bytes is not None else limit_bytes + 1) / (1024 * 1024)
+        return ApiError(
+            f"Maximum file size exceeded (parameter=audio_filesize_mb, value={value})",
+            400,
+            "audio_filesize_mb",
+            close=True,
+            err_type="BadRequestError",
+        )
     return ApiError(
         f"Maximum file size exceeded: the limit is {mb:g} MB.",
         400,
@@ -55,7 +71,15 @@ def too_large(limit_bytes: int) -> ApiError:
     )
 
 
-async def read_form(request: web.Request, max_file_bytes: int) -> RawForm:
+def framework_error(detail: str, status: int = 400) -> ApiError:
+    """FastAPI's own answer (vLLM registers no handler for it): `{"detail": ...}`."""
+    return ApiError(detail, status, raw_body={"detail": detail})
+
+
+async def read_form(request: web.Request, max_file_bytes: int, vllm: bool = False) -> RawForm:
+    """`vllm`: parse as FastAPI/Starlette do for vLLM (any other body is an empty form,
+    parse errors are `{"detail": ...}`, fields up to Starlette's 1 MB)."""
+    max_field = _VLLM_MAX_FIELD_BYTES if vllm else _MAX_FIELD_BYTES
     ctype = request.headers.get("Content-Type", "").lower()
     if ctype.startswith("application/x-www-form-urlencoded"):
         # Fields only (no upload possible), but answer about the missing file, not the encoding.
@@ -63,23 +87,30 @@ async def read_form(request: web.Request, max_file_bytes: int) -> RawForm:
         plain = {k: str(v) for k, v in post.items() if k != "file"}
         return RawForm(None, None, "file" in post, plain, {})
     if not ctype.startswith("multipart/form-data"):
+        if vllm:
+            return RawForm(None, None, False, {}, {})  # Starlette: an empty FormData
         raise bad_request("Expected a multipart/form-data body with an audio `file` part.", "file")
     length = request.content_length
     if length is not None and length > max_file_bytes + _MAX_FIELD_BYTES * 4:
-        raise too_large(max_file_bytes)
+        raise too_large(max_file_bytes, vllm, length)
     try:
         reader = await request.multipart()
     except (ValueError, AssertionError) as e:
+        if vllm:
+            raise framework_error("Missing boundary in multipart.") from e
         raise bad_request(f"Malformed multipart body: {e}", "file") from e
     file: bytes | None = None
     filename: str | None = None
     file_was_text = False
     fields: dict[str, str] = {}
     lists: dict[str, list[str]] = {}
+    raw_lists: dict[str, list[str]] = {}
     while True:
         try:
             part = await reader.next()
         except ValueError as e:
+            if vllm:
+                raise framework_error("Invalid multipart data.") from e
             raise bad_request(f"Malformed multipart body: {e}", "file") from e
         if part is None:
             break
@@ -87,28 +118,42 @@ async def read_form(request: web.Request, max_file_bytes: int) -> RawForm:
             continue  # nested multipart: not something clients send; skip it
         name = part.name or ""
         if name == "file" and part.filename is not None:
-            file = await _read_capped(part, max_file_bytes)
+            file = await _read_capped(part, max_file_bytes, vllm=vllm)
             filename = part.filename
+            file_was_text = False
             continue
-        value = (await _read_capped(part, _MAX_FIELD_BYTES, field=name)).decode(
+        value = (await _read_capped(part, max_field, field=name, vllm=vllm)).decode(
             "utf-8", errors="replace"
         )
         if name == "file":
             file_was_text = True
+            file = None if vllm else file  # Starlette keeps the last `file` part
         elif name in _LIST_FIELDS:
             lists.setdefault("timestamp_granularities", []).append(value)
+            raw_lists.setdefault(name, []).append(value)
         else:
             fields[name] = value
-    return RawForm(file, filename, file_was_text, fields, {k: tuple(v) for k, v in lists.items()})
+    return RawForm(
+        file,
+        filename,
+        file_was_text,
+        fields,
+        {k: tuple(v) for k, v in lists.items()},
+        {k: tuple(v) for k, v in raw_lists.items()},
+    )
 
 
-async def _read_capped(part: BodyPartReader, limit: int, field: str | None = None) -> bytes:
+async def _read_capped(
+    part: BodyPartReader, limit: int, field: str | None = None, vllm: bool = False
+) -> bytes:
     buf = bytearray()
     while chunk := await part.read_chunk(_CHUNK):
         buf += chunk
         if len(buf) > limit:
             if field is None:
-                raise too_large(limit)
+                raise too_large(limit, vllm, len(buf))
+            if vllm:
+                raise framework_error(f"Part exceeded maximum size of {limit // 1024}KB.")
             raise bad_request(f"Form field `{field}` is too long.", field)
     return bytes(buf)
 

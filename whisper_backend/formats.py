@@ -111,13 +111,15 @@ class StreamIds:
     model: str
 
     @staticmethod
-    def new(task: str, model: str) -> StreamIds:
+    def new(task: str, model: str, rid: str | None = None) -> StreamIds:
+        """`rid`: the request id after the task prefix (default a fresh uuid4 hex)."""
         prefix, obj = (
             ("translate", "translation.chunk")
             if task == "translate"
             else ("transcribe", "transcription.chunk")
         )
-        return StreamIds(f"{prefix}-{uuid.uuid4().hex}", obj, int(time.time()), model)
+        rid = uuid.uuid4().hex if rid is None else rid
+        return StreamIds(f"{prefix}-{rid}", obj, int(time.time()), model)
 
 
 def _chunk(ids: StreamIds, choices: list[dict[str, Any]], **extra: Any) -> str:

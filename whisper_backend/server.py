@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, vllm_flavor
 from .audio import decode
 from .engine import DecodeInfo, DecodeJob, DecodeOptions, Engine, EngineConfig, Segment
 from .errors import ApiError
@@ -49,10 +50,15 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     engine: EngineConfig = field(default_factory=EngineConfig)
     api_key: str | None = None  # like vLLM's --api-key: required on /v1/*
+    api_flavor: str = "ours"  # "vllm": answer exactly as vLLM does (vllm_flavor.py)
 
     @property
     def name(self) -> str:
         return self.served_model_name or self.model
+
+    @property
+    def vllm(self) -> bool:
+        return self.api_flavor == "vllm"
 
 
 @dataclass
@@ -98,10 +104,19 @@ def create_app(config: ServerConfig) -> web.Application:
     app.on_startup.append(_start_loading)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
+    if config.vllm:
+        app.middlewares.append(_vllm_error_middleware)
+        if config.api_key:
+            app.middlewares.append(_vllm_auth_middleware(config.api_key))  # type: ignore[arg-type]
+        return app
     app.middlewares.append(_error_middleware)
     if config.api_key:
         app.middlewares.append(_auth_middleware(config.api_key))  # type: ignore[arg-type]
     return app
+
+
+def _error(state: State, e: ApiError) -> web.Response:
+    return vllm_flavor.error_response(e) if state.config.vllm else e.response()
 
 
 def _auth_middleware(key: str) -> Middleware:
@@ -119,6 +134,35 @@ def _auth_middleware(key: str) -> Middleware:
     return auth
 
 
+def _vllm_auth_middleware(key: str) -> Middleware:
+    """vLLM's AuthenticationMiddleware: paths under /v1 (and /v2, ...) need the key;
+    otherwise 401 `{"error": "Unauthorized"}`."""
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if vllm_flavor.guarded(request.method, request.path) and not vllm_flavor.authorized(
+            request.headers.get("Authorization"), key
+        ):
+            return vllm_flavor.unauthorized()
+        return await handler(request)
+
+    return auth
+
+
+@web.middleware
+async def _vllm_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unknown routes and methods answer as FastAPI does: `{"detail": "Not Found"}`."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return vllm_flavor.error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+        return vllm_flavor.json_response({"detail": e.reason}, e.status, allow)
+
+
 @web.middleware
 async def _error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure, including unknown routes, in the one error shape."""
@@ -133,6 +177,9 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def _start_loading(app: web.Application) -> None:
+    """Ours: load in the background (/health says 503 meanwhile). vLLM: load before the
+    port accepts connections (its socket is bound but not listening until the engine is
+    up), and exit if the model cannot load."""
     state = app[STATE]
 
     async def load() -> None:
@@ -148,6 +195,10 @@ async def _start_loading(app: web.Application) -> None:
             log.exception("model %s failed to load", cfg.name)
 
     app[_LOADER] = asyncio.create_task(load())
+    if state.config.vllm:
+        await app[_LOADER]
+        if state.load_error:
+            raise RuntimeError(f"model {state.config.name} failed to load: {state.load_error}")
 
 
 _LOADER = web.AppKey("loader", asyncio.Task[None])
@@ -173,6 +224,8 @@ async def _health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.engine.ready:
         return web.Response(status=200)
+    if state.config.vllm:
+        return web.Response(status=503)  # vLLM: EngineDeadError -> 503, empty body
     if state.load_error:
         return ApiError(f"Model failed to load: {state.load_error}", 503).response()
     return ApiError("Model is loading or the server is shutting down.", 503).response()
@@ -181,6 +234,8 @@ async def _health(request: web.Request) -> web.Response:
 async def _version(request: web.Request) -> web.Response:
     import faster_whisper
 
+    if request.app[STATE].config.vllm:
+        return vllm_flavor.json_response({"version": vllm_flavor.VLLM_VERSION})
     return web.json_response(
         {"version": __version__, "engine": f"faster-whisper {faster_whisper.__version__}"}
     )
@@ -194,6 +249,10 @@ async def _metrics(request: web.Request) -> web.Response:
 async def _models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = state.config.name
+    if state.config.vllm:
+        # `root` is what `vllm serve` was given: the model name or the model folder.
+        root = state.config.model_path or state.config.model
+        return vllm_flavor.json_response(vllm_flavor.models_body(name, root))
     card = {
         "id": name,
         "object": "model",
@@ -241,18 +300,20 @@ async def _handle(request: web.Request, task: str) -> web.StreamResponse:
         return resp
     except ApiError as e:
         status = e.status
-        return e.response()
+        return _error(state, e)
     except asyncio.CancelledError:
         status = 499  # client closed the connection (nginx's convention)
         raise
     except Exception as e:
         log.exception("%s failed", endpoint)
-        return ApiError(f"Decoding failed: {type(e).__name__}: {e}", 500).response()
+        return _error(state, ApiError(f"Decoding failed: {type(e).__name__}: {e}", 500))
     finally:
         state.metrics.request_done(endpoint, status, time.monotonic() - started)
 
 
 async def _serve(request: web.Request, state: State, task: str) -> web.StreamResponse:
+    if state.config.vllm:
+        return await _serve_vllm(request, state, task)
     if state.load_error:
         raise ApiError(f"Model failed to load: {state.load_error}", 503)
     state.engine.admit()  # cheap early 503 before reading a large upload
@@ -269,12 +330,68 @@ async def _serve(request: web.Request, state: State, task: str) -> web.StreamRes
     job = state.engine.submit(audio, opts)
     state.metrics.audio_seconds.inc(audio.size / 16000)
     if req.stream:
-        return await _stream(request, state, task, req, job)
+        ids = StreamIds.new(task, req.model)
+        lines = _sse_events(job, ids, req.stream_include_usage)
+        return await _stream(request, state, job, lines)
     try:
         result = await _collect(job)
     finally:
         job.cancel()
     return _render(req, result)
+
+
+def _vllm_unavailable(state: State, e: ApiError) -> ApiError:
+    """The engine's 503 in vLLM's words: a full queue is QueueOverflowError."""
+    if state.engine.ready:
+        return vllm_flavor.busy()
+    return ApiError(e.message, e.status, err_type="Service Unavailable")
+
+
+def _vllm_admit(state: State) -> None:
+    try:
+        state.engine.admit()
+    except ApiError as e:
+        raise _vllm_unavailable(state, e) from e
+
+
+async def _serve_vllm(request: web.Request, state: State, task: str) -> web.StreamResponse:
+    """vLLM's order: parse and validate the form, check model and admission, the
+    response_format and language, decode the audio, then the sampling parameters."""
+    engine = state.engine
+    form = await read_form(request, state.config.max_file_bytes, vllm=True)
+    req = vllm_flavor.validate(
+        form, state.config.name, task, engine.multilingual, lambda: _vllm_admit(state)
+    )
+    audio = await asyncio.to_thread(decode, req.audio, state.config.max_audio_seconds, True)
+    vllm_flavor.check_temperature(req.temperature)
+    opts = DecodeOptions(
+        task=task,
+        language=req.language if engine.multilingual else "en",
+        prompt=req.prompt,
+        temperature=req.temperature,
+        word_timestamps=False,
+    )
+    try:
+        job = engine.submit(audio, opts)
+    except ApiError as e:
+        raise _vllm_unavailable(state, e) from e
+    state.metrics.audio_seconds.inc(audio.size / 16000)
+    if req.stream:
+        # Decoder prompt: [<|prev|> prompt] <|startoftranscript|><|lang|><|task|><|notimestamps|>,
+        # plus one audio token per 10 ms mel frame (Whisper's get_num_audio_tokens).
+        decoder = 4 + (engine.count_tokens(f"<|prev|>{req.prompt}") if req.prompt else 0)
+
+        def prompt_tokens(duration: float) -> int:
+            return decoder + math.ceil(duration * 16000 / 160)
+
+        ids = vllm_flavor.stream_ids(task, req.model, request.headers.get("X-Request-Id"))
+        lines = vllm_flavor.sse_events(job, ids, req, engine.timestamp_begin, prompt_tokens)
+        return await _stream(request, state, job, lines)
+    try:
+        result = await _collect(job)
+    finally:
+        job.cancel()
+    return vllm_flavor.json_response(vllm_flavor.render(req, result, task, engine.timestamp_begin))
 
 
 async def _collect(job: DecodeJob) -> Result:
@@ -326,15 +443,17 @@ async def _sse_events(
 
 
 async def _stream(
-    request: web.Request, state: State, task: str, req: TranscriptionRequest, job: DecodeJob
+    request: web.Request, state: State, job: DecodeJob, events: AsyncGenerator[str, None]
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    ids = StreamIds.new(task, req.model)
+    if state.config.vllm:  # Starlette's StreamingResponse(media_type="text/event-stream")
+        headers = {"Content-Type": "text/event-stream; charset=utf-8"}
+    else:
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    resp = web.StreamResponse(headers=headers)
+    vllm = state.config.vllm
     try:
         await resp.prepare(request)
-        async with contextlib.aclosing(_sse_events(job, ids, req.stream_include_usage)) as lines:
+        async with contextlib.aclosing(events) as lines:
             async for line in lines:
                 await resp.write(line.encode())
         await resp.write(SSE_DONE.encode())
@@ -345,13 +464,14 @@ async def _stream(
         return resp
     except asyncio.CancelledError:
         job.cancel()
-        await _stream_error(resp, ApiError("The server is shutting down.", 503))
+        await _stream_error(resp, ApiError("The server is shutting down.", 503), vllm)
         raise
     except ApiError as e:
-        await _stream_error(resp, e)
+        await _stream_error(resp, e, vllm)
     except Exception as e:
         log.exception("decode failed mid-stream")
-        await _stream_error(resp, ApiError(f"Decoding failed: {type(e).__name__}: {e}", 500))
+        err = ApiError(f"Decoding failed: {type(e).__name__}: {e}", 500)
+        await _stream_error(resp, err, vllm)
     finally:
         job.cancel()
     with contextlib.suppress(ConnectionError):
@@ -359,6 +479,7 @@ async def _stream(
     return resp
 
 
-async def _stream_error(resp: web.StreamResponse, err: ApiError) -> None:
+async def _stream_error(resp: web.StreamResponse, err: ApiError, vllm: bool = False) -> None:
+    line = vllm_flavor.sse_error(err) if vllm else sse_error(err.body())
     with contextlib.suppress(ConnectionError, RuntimeError, asyncio.CancelledError):
-        await resp.write((sse_error(err.body()) + SSE_DONE).encode())
+        await resp.write((line + SSE_DONE).encode())
