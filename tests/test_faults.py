@@ -27,7 +27,9 @@ HEALTH = {"interval_s": 0.5, "timeout_s": 3.0, "healthy_threshold": 2, "unhealth
 
 
 class Fleet:
-    """Two real tiny.en backends on fixed ports, killed and restarted by the tests."""
+    """Two real tiny.en backends on fixed ports, killed and restarted by the tests: the
+    first is whisper_backend as ours, the second its vLLM stand-in (--api-flavor vllm),
+    so every fault here also meets vLLM's answers."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
@@ -35,7 +37,10 @@ class Fleet:
         self.procs: list[Proc | None] = [None, None]
 
     def start(self, i: int) -> None:
-        proc, _ = start_backend(self.log_dir, port=self.ports[i], env={"HF_HUB_OFFLINE": "1"})
+        extra = ("--api-flavor", "vllm") if i == 1 else ()
+        proc, _ = start_backend(
+            self.log_dir, port=self.ports[i], extra=extra, env={"HF_HUB_OFFLINE": "1"}
+        )
         self.procs[i] = proc
 
     def ensure(self) -> None:
