@@ -9,7 +9,7 @@
    request latency through the gateway asking verbose_json (passed through) and
    srt (rendered in Envoy's Lua), median of R requests each.
 
-    .venv/bin/python -m bench.formats [--events 200] [--requests 30]
+    .venv/bin/python -m bench.formats [--events 1000] [--requests 30]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ async def run(events: int, requests: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--events", type=int, default=200)
+    p.add_argument("--events", type=int, default=1000)
     p.add_argument("--requests", type=int, default=30)
     args = p.parse_args()
     result = asyncio.run(run(args.events, args.requests))
