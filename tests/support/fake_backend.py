@@ -11,6 +11,8 @@ Run as `python tests/support/fake_backend.py --mode MODE --port N`. Modes:
   reset_stream starts an SSE stream, sends two chunks, then drops the connection
   timed_stream slow_stream whose chunks carry their send time (bench baseline)
   verbose_long answers a 10-minute verbose_json at once (bench baseline)
+  bytewise_stream  a short SSE stream written one byte per write
+  error_stream     one chunk, then an error event, then [DONE]
 Each request's headers are kept so a test can read what reached the backend
 (GET /_fake/requests).
 """
@@ -112,6 +114,23 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
             return web.json_response(_verbose_10min())
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
+        if mode in ("bytewise_stream", "error_stream"):
+            # Fault on demand: every byte its own write (TCP cuts anywhere), or an
+            # error event after the first chunk, as a backend that fails mid-decode.
+            err = {"error": {"message": "fake decode failure", "type": "InternalServerError",
+                             "param": None, "code": 500}}  # fmt: skip
+            payload = (
+                _chunk(" one") + _chunk(' "two"') + _chunk("", "stop")
+                if mode == "bytewise_stream"
+                else _chunk(" one") + f"data: {json.dumps(err)}\n\n".encode()
+            ) + b"data: [DONE]\n\n"
+            if mode == "error_stream":
+                await resp.write(payload)
+            for i in range(len(payload) if mode == "bytewise_stream" else 0):
+                await resp.write(payload[i : i + 1])
+                await asyncio.sleep(0.001)
+            await resp.write_eof()
+            return resp
         n = 2 if mode == "reset_stream" else chunks
         for i in range(n):
             # timed_stream (bench): each chunk carries its send time.
@@ -161,6 +180,8 @@ def main() -> None:
             "trickle",
             "timed_stream",
             "verbose_long",
+            "bytewise_stream",
+            "error_stream",
         ],
     )
     p.add_argument("--host", default="127.0.0.1")
