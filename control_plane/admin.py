@@ -116,10 +116,9 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
         """The router's /metrics names (see router_metrics); Envoy's /metrics route ends here."""
         views = cp.endpoints()
         live = await read_live(cp.envoy_admin_url, views)
-        return web.Response(
-            body=render(views, cp.request_stats, live, usage),
-            headers={"content-type": CONTENT_TYPE_LATEST},
-        )
+        # The router's names, then ours under our own prefix (whisper_gateway_*).
+        body = render(views, cp.request_stats, live, usage) + generate_latest(registry)
+        return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def router_engines(_: web.Request) -> web.Response:
         """The router's /engines: one entry per backend endpoint with its models."""

@@ -115,6 +115,7 @@ def test_yaml_mode_health_version_and_no_public_metrics(
         # The admin API keeps them always.
         status, text = get(f"{gw.admin_url}/router/metrics")
         assert status == 200 and metric(text, "vllm:healthy_pods_total") == 1.0
+        assert metric(text, "whisper_gateway_xds_connected_proxies") == 1.0  # ours too
         status, body = get(f"{gw.admin_url}/router/engines")
         assert status == 200 and len(json.loads(body)) == 3
     finally:
