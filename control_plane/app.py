@@ -78,12 +78,19 @@ class ControlPlane:
         admin = config.envoy_admin
         self.envoy_admin_url = f"http://{admin.address}:{admin.port}"
         self.started_at = time.time()
+        self._schemes: dict[str, str] = {}
+        self._schemes_of: FleetState | None = None
 
     def _scheme_of(self, endpoint: str) -> str:
-        for v in endpoint_views(self.reconciler.state):
-            if v.key == endpoint:
-                return "https" if v.backend_url.startswith("https:") else "http"
-        return "http"
+        """Per access-log entry: a dict lookup, rebuilt only when the state changes."""
+        state = self.reconciler.state
+        if state is not self._schemes_of:
+            self._schemes = {
+                v.key: "https" if v.backend_url.startswith("https:") else "http"
+                for v in endpoint_views(state)
+            }
+            self._schemes_of = state
+        return self._schemes.get(endpoint, "http")
 
     # ------------------------------------------------------------ reads
 

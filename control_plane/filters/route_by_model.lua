@@ -67,31 +67,35 @@ local function reader(body)
   return len, find, function(from, n) return body:getBytes(from, n) end
 end
 
--- Returns the value of the form field `name` (and its 0-based offset), or nil;
--- walks the parts by boundary so a file whose bytes contain 'name="model"'
--- cannot fool it.
-local function form_field(body, boundary, name)
+-- One walk over the parts: the values (and 0-based offsets) of the wanted
+-- fields, by name. Walking by boundary means a file whose bytes contain
+-- 'name="model"' cannot fool it; a large upload is scanned once.
+local function form_fields(body, boundary, wanted)
   local len, find, sub = reader(body)
   local delim = "--" .. boundary
+  local found, left = {}, 0
+  for _ in pairs(wanted) do left = left + 1 end
   local s = find(delim, 0)
-  while s do
+  while s and left > 0 do
     local after = s + #delim
-    if after + 2 <= len and sub(after, 2) == "--" then return nil end
+    if after + 2 <= len and sub(after, 2) == "--" then break end
     local head_end = find("\r\n\r\n", after)
-    if not head_end or head_end - after > 16384 then return nil end
+    if not head_end or head_end - after > 16384 then break end
     local head = sub(after, head_end - after)
     local value_start = head_end + 4
     local next_s = find("\r\n" .. delim, value_start)
-    if not next_s then return nil end
+    if not next_s then break end
     local field = head:match('[;%s]name="([^"]*)"') or head:match("[;%s]name=([^;%s]+)")
-    if field == name then
-      if next_s - value_start > 4096 then return nil end
-      return sub(value_start, next_s - value_start), value_start
+    if field and wanted[field] and not found[field] and next_s - value_start <= 4096 then
+      found[field] = {sub(value_start, next_s - value_start), value_start}
+      left = left - 1
     end
     s = next_s + 2
   end
-  return nil
+  return found
 end
+
+local WANTED = {model = true, response_format = true, stream = true}
 
 function envoy_on_request(handle)
   local headers = handle:headers()
@@ -114,7 +118,8 @@ function envoy_on_request(handle)
     reply(handle, 400, "the request has no body: send a multipart form with 'file' and 'model'", "file")
     return
   end
-  local model = form_field(body, boundary, "model")
+  local fields = form_fields(body, boundary, WANTED)
+  local model = fields.model and fields.model[1]
   if model == nil then
     reply(handle, 400, "you must provide a model parameter (available models: " .. MODEL_LIST .. ")", "model")
     return
@@ -137,8 +142,9 @@ function envoy_on_request(handle)
   meta:set(META, "stream_format", fmt)
   -- text, srt and vtt are rendered here from the backend's verbose_json, so every
   -- backend that answers verbose_json serves all five formats, identically.
-  local rf, rf_at = form_field(body, boundary, "response_format")
-  local stream = form_field(body, boundary, "stream")
+  local rf, rf_at = nil, nil
+  if fields.response_format then rf, rf_at = fields.response_format[1], fields.response_format[2] end
+  local stream = fields.stream and fields.stream[1]
   local convert = stream == "true" and fmt ~= "backend"
   if rf and RENDERED[rf] and stream ~= "true" then
     convert = true
