@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from aiohttp import web
-from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control_plane.app import ControlPlane
@@ -15,7 +14,7 @@ from control_plane.config import ConfigError, load_config
 from control_plane.metrics import make_registry
 from control_plane.reconciler import target_key
 from control_plane.router_metrics import HostUsage, read_live, render, server_url
-from control_plane.snapshot import PUSH_ORDER, SHORT_NAMES
+from control_plane.snapshot import snapshot_json
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -48,18 +47,7 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
         snap = cp.cache.snapshot
         if snap is None:
             return _error(503, "no snapshot published yet")
-        return _json(
-            {
-                SHORT_NAMES[t]: {
-                    "version": snap.version(t),
-                    "resources": [
-                        json_format.MessageToDict(m, preserving_proto_field_name=True)
-                        for m in snap.select(t, [])
-                    ],
-                }
-                for t in PUSH_ORDER
-            }
-        )
+        return _json(snapshot_json(snap))
 
     async def backends(_: web.Request) -> web.Response:
         probes = cp.probe_snapshot()

@@ -12,7 +12,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
-from google.protobuf import message
+from google.protobuf import json_format, message
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -69,6 +69,20 @@ class Snapshot:
 
     def versions(self) -> dict[str, str]:
         return {SHORT_NAMES[t]: self.version(t) for t in PUSH_ORDER}
+
+
+def snapshot_json(snap: Snapshot) -> dict[str, dict[str, object]]:
+    """Every type's version and resources as JSON (the admin API's /snapshot, golden files)."""
+    return {
+        SHORT_NAMES[t]: {
+            "version": snap.version(t),
+            "resources": [
+                json_format.MessageToDict(m, preserving_proto_field_name=True)
+                for m in snap.select(t, [])
+            ],
+        }
+        for t in PUSH_ORDER
+    }
 
 
 def make_snapshot(

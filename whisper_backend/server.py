@@ -253,32 +253,13 @@ async def _models(request: web.Request) -> web.Response:
         # `root` is what `vllm serve` was given: the model name or the model folder.
         root = state.config.model_path or state.config.model
         return vllm_flavor.json_response(vllm_flavor.models_body(name, root))
-    card = {
-        "id": name,
-        "object": "model",
-        "created": state.created,
-        "owned_by": "vllm",
-        "root": state.root or state.config.model,
-        "parent": None,
-        "max_model_len": 448,
-        "permission": [
-            {
-                "id": f"modelperm-{name}",
-                "object": "model_permission",
-                "created": state.created,
-                "allow_create_engine": False,
-                "allow_sampling": True,
-                "allow_logprobs": True,
-                "allow_search_indices": False,
-                "allow_view": True,
-                "allow_fine_tuning": False,
-                "organization": "*",
-                "group": None,
-                "is_blocking": False,
-            }
-        ],
-    }
-    return web.json_response({"object": "list", "data": [card]})
+    body = vllm_flavor.models_body(
+        name,
+        state.root or state.config.model,
+        created=state.created,
+        permission_id=f"modelperm-{name}",
+    )
+    return web.json_response(body)
 
 
 async def _transcriptions(request: web.Request) -> web.StreamResponse:

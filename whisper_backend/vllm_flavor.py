@@ -141,12 +141,19 @@ def unauthorized() -> web.Response:
     return json_response({"error": "Unauthorized"}, 401)
 
 
-def models_body(name: str, root: str, max_model_len: int = 448) -> dict[str, Any]:
-    """ModelList / ModelCard / ModelPermission (serve/engine/protocol.py); `created` and the
-    permission id are made per request by their default factories."""
-    now = int(time.time())
+def models_body(
+    name: str,
+    root: str,
+    max_model_len: int = 448,
+    created: int | None = None,
+    permission_id: str | None = None,
+) -> dict[str, Any]:
+    """ModelList / ModelCard / ModelPermission (serve/engine/protocol.py). vLLM makes
+    `created` and the permission id per request (their default factories); the `ours`
+    flavor passes fixed ones."""
+    now = int(time.time()) if created is None else created
     permission = {
-        "id": f"modelperm-{secrets.token_hex(8)}",
+        "id": permission_id or f"modelperm-{secrets.token_hex(8)}",
         "object": "model_permission",
         "created": now,
         "allow_create_engine": False,

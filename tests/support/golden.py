@@ -32,6 +32,7 @@ from control_plane.snapshot import (
     SHORT_NAMES,
     Snapshot,
     merge_for_removal,
+    snapshot_json,
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -69,16 +70,7 @@ def case_snapshot(case: str) -> Snapshot:
 
 
 def to_json(snap: Snapshot) -> dict[str, Any]:
-    return {
-        SHORT_NAMES[t]: {
-            "version": snap.version(t),
-            "resources": [
-                json_format.MessageToDict(m, preserving_proto_field_name=True)
-                for m in snap.select(t, [])
-            ],
-        }
-        for t in PUSH_ORDER
-    }
+    return snapshot_json(snap)
 
 
 def static_bootstrap(snap: Snapshot) -> dict[str, Any]:
