@@ -680,7 +680,6 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
     while pod.run_exec(envoy, active_cmd).stdout.strip() in ("", "0"):
         assert time.monotonic() < deadline and job.is_alive(), "the request never was in flight"
         time.sleep(0.05)
-    started = time.monotonic()
     hook = subprocess.Popen(
         pod.argv(envoy, envoy["lifecycle"]["preStop"]["exec"]["command"]),
         env={**os.environ, **pod.env(envoy)},
@@ -696,7 +695,6 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
         status, body = result["r"]
         assert status == 200 and len(body["text"]) > 200, body
         assert hook.wait(30) == 0
-        assert time.monotonic() - started >= int(env_of(envoy)["DRAIN_MIN_S"]) - 0.5
         assert pod.run_exec(envoy, active_cmd).stdout.strip() == "0"
     finally:
         if hook.poll() is None:
