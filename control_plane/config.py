@@ -83,7 +83,37 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class RoutingConfig:
     policy: str = "least_request"
-    retries: int = _bound(2, 0)
+    retries: int = _bound(1, 0)
+    # Resend an upload whose backend reset before answering (a crash): a
+    # transcription is idempotent. A query of death then takes down retries + 1
+    # backends, so with this on `retries` is at most 1.
+    retry_on_reset: bool = True
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    # Proxies in front of the gateway whose X-Forwarded-For is believed (0: the peer).
+    trusted_hops: int = _bound(0, 0, 10)
+    # x-gateway-backend on responses names the backend's address: debugging only.
+    backend_header: bool = False
+    # Pass the client's Authorization / x-api-key to backends (a backend's own key,
+    # api_key_env, is injected either way).
+    forward_client_key: bool = False
+    max_request_headers_kb: int = _bound(60, 1, 8192)
+    max_headers_count: int = _bound(100, 1)
+    # Envoy's overload manager: past these, new requests get 503 instead of Envoy
+    # running out of memory or file descriptors.
+    max_heap_mb: int = _bound(2048, 64)
+    max_connections: int = _bound(10000, 1)
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    # Token buckets, refilled at the rate, holding `burst`; 0 turns one off.
+    requests_per_s: float = _bound(0.0, 0.0)  # the whole gateway
+    burst: int = _bound(0, 0)
+    per_key_requests_per_s: float = _bound(0.0, 0.0)  # each API key (needs api_keys)
+    per_key_burst: int = _bound(0, 0)
 
 
 @dataclass(frozen=True)
@@ -136,6 +166,8 @@ class GatewayConfig:
     # the backend's own chunks untouched, or the seed's `data: {"text": ...}`.
     stream_format: str = "openai"
     stream_formats: tuple[tuple[str, str], ...] = ()  # per-model overrides
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -332,6 +364,13 @@ def parse_config(data: Any) -> GatewayConfig:
         raise ConfigError(
             "routing.policy", f"must be one of {', '.join(POLICIES)}, got {routing.policy!r}"
         )
+    if routing.retry_on_reset and routing.retries > 1:
+        raise ConfigError(
+            "routing.retries",
+            f"must be <= 1 while routing.retry_on_reset is on, got {routing.retries}: a request "
+            "that crashes backends would take down retries + 1 of them (set retry_on_reset: "
+            "false for more retries on connect failures only)",
+        )
     health = _section(HealthConfig, d.get("health"), "health")
     raw_backends = d.get("backends")
     if not isinstance(raw_backends, list) or not raw_backends:
@@ -365,6 +404,8 @@ def parse_config(data: Any) -> GatewayConfig:
         backends=backends,
         stream_format=stream_format,
         stream_formats=tuple(sorted(overrides.items())),
+        edge=_section(EdgeConfig, d.get("edge"), "edge"),
+        rate_limit=_section(RateLimitConfig, d.get("rate_limit"), "rate_limit"),
         **top,
     )
     used: dict[tuple[str, int], str] = {}

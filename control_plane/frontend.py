@@ -10,7 +10,16 @@ from dataclasses import asdict
 from importlib import metadata
 
 from control_plane.config import BackendConfig, GatewayConfig
-from control_plane.model import BackendSpec, GatewaySpec, Limits, Listen, Outlier, ProbeSpec
+from control_plane.model import (
+    BackendSpec,
+    Edge,
+    GatewaySpec,
+    Limits,
+    Listen,
+    Outlier,
+    ProbeSpec,
+    RateLimit,
+)
 
 
 def _backend(b: BackendConfig) -> BackendSpec:
@@ -53,6 +62,7 @@ def spec_from_config(config: GatewayConfig) -> GatewaySpec:
         outlier=Outlier(**asdict(config.outlier)),
         policy=config.routing.policy,
         retries=config.routing.retries,
+        retry_on_reset=config.routing.retry_on_reset,
         backends=tuple(_backend(b) for b in config.backends),
         dns_refresh_s=config.dns_refresh_s,
         admin_api=Listen(config.admin.address, config.admin.port),
@@ -60,4 +70,12 @@ def spec_from_config(config: GatewayConfig) -> GatewaySpec:
         version=version(),
         stream_formats=config.stream_formats,
         stream_format=config.stream_format,
+        edge=Edge(
+            trusted_hops=config.edge.trusted_hops,
+            backend_header=config.edge.backend_header,
+            forward_client_key=config.edge.forward_client_key,
+            max_request_headers_kb=config.edge.max_request_headers_kb,
+            max_headers_count=config.edge.max_headers_count,
+        ),
+        rate_limit=RateLimit(**asdict(config.rate_limit)),
     )

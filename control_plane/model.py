@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -52,6 +52,64 @@ class Outlier:
 
 
 @dataclass(frozen=True)
+class Edge:
+    """What the listener trusts and tells: the settings facing clients."""
+
+    trusted_hops: int = 0  # proxies in front whose X-Forwarded-For is believed
+    backend_header: bool = False  # x-gateway-backend on responses (debugging only)
+    forward_client_key: bool = False  # pass the client's Authorization to backends
+    max_request_headers_kb: int = 60
+    max_headers_count: int = 100
+
+
+@dataclass(frozen=True)
+class Client:
+    """One API key. The key never leaves the model except into Envoy's config."""
+
+    name: str
+    key: str = field(repr=False)
+    models: tuple[str, ...] = ()  # empty: every model
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Token buckets: requests per second and burst; 0 turns a bucket off."""
+
+    requests_per_s: float = 0.0  # the whole gateway
+    burst: int = 0
+    per_key_requests_per_s: float = 0.0  # each client key
+    per_key_burst: int = 0
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """The listener's certificate, delivered to Envoy over SDS (files read by the
+    control plane, so a rotated certificate needs no restart)."""
+
+    cert_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class UpstreamTls:
+    """TLS to backends whose URL is https://."""
+
+    ca_pem: bytes | None = field(default=None, repr=False)
+    cert_pem: bytes | None = field(default=None, repr=False)
+    key_pem: bytes | None = field(default=None, repr=False)
+    sni: str | None = None
+
+
+@dataclass(frozen=True)
+class Security:
+    """Loaded from files the control plane watches; changes arrive as events."""
+
+    listener_tls: ListenerTls | None = None
+    clients: tuple[Client, ...] | None = None  # None: API keys off
+    upstream_tls: UpstreamTls = UpstreamTls()
+
+
+@dataclass(frozen=True)
 class ProbeSpec:
     """How a backend is probed; None on a BackendSpec means probes are off."""
 
@@ -83,12 +141,15 @@ class GatewaySpec:
     policy: str
     retries: int
     backends: tuple[BackendSpec, ...]
+    retry_on_reset: bool = True
     dns_refresh_s: float = 30.0
     admin_api: Listen = Listen("127.0.0.1", 19000)  # where Envoy reaches the control plane
     public_router_endpoints: bool = False  # /metrics, /engines on the listener
     version: str = "unknown"
     stream_formats: tuple[tuple[str, str], ...] = ()  # model -> openai | backend | text
     stream_format: str = "openai"  # for models not listed
+    edge: Edge = Edge()
+    rate_limit: RateLimit = RateLimit()
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -127,9 +188,13 @@ class GatewayModel:
     policy: str
     retries: int
     clusters: tuple[ModelCluster, ...]
+    retry_on_reset: bool = True
     admin_api: Listen = Listen("127.0.0.1", 19000)
     public_router_endpoints: bool = False
     version: str = "unknown"
+    edge: Edge = Edge()
+    rate_limit: RateLimit = RateLimit()
+    security: Security = Security()
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -185,6 +250,7 @@ def build_model(
     resolved: Mapping[str, tuple[str, ...]],
     health: Mapping[HealthKey, EndpointHealth],
     draining: Set[str] = frozenset(),
+    security: Security = Security(),
 ) -> GatewayModel:
     """Spec + addresses per backend URL + health per (endpoint, model) -> model (pure).
 
@@ -223,8 +289,12 @@ def build_model(
         outlier=spec.outlier,
         policy=spec.policy,
         retries=spec.retries,
+        retry_on_reset=spec.retry_on_reset,
         clusters=clusters,
         admin_api=spec.admin_api,
         public_router_endpoints=spec.public_router_endpoints,
         version=spec.version,
+        edge=spec.edge,
+        rate_limit=spec.rate_limit,
+        security=security,
     )

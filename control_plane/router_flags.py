@@ -186,6 +186,14 @@ def read_router_flags(argv: list[str]) -> RouterFlags:
     }
     if args.max_instance_failover_reroute_attempts is not None:
         doc["routing"]["retries"] = args.max_instance_failover_reroute_attempts
+        if args.max_instance_failover_reroute_attempts > 1:
+            # More than one resend of a request that crashes backends is refused;
+            # the router's count applies to connect failures only then.
+            doc["routing"]["retry_on_reset"] = False
+            notes.append(
+                "--max-instance-failover-reroute-attempts > 1: retries on reset are off "
+                "(routing.retry_on_reset: false)"
+            )
     if args.max_upload_mb is not None:
         doc["limits"] = {"max_upload_mb": args.max_upload_mb}
     return RouterFlags(parse_config(doc), tuple(notes))

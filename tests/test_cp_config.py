@@ -56,7 +56,7 @@ def test_embedded_default_loads() -> None:
 def test_minimal_config_gets_defaults() -> None:
     cfg = parse_config(base())
     assert cfg.limits.max_upload_mb == 25.0
-    assert cfg.routing.retries == 2
+    assert cfg.routing.retries == 1
     assert cfg.node_id == "gateway"
     b = cfg.backends[0]
     assert (b.host, b.port, b.tls, b.type) == ("127.0.0.1", 8002, False, "transcription")

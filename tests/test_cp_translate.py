@@ -46,7 +46,7 @@ from control_plane.translate import (
     build_route_config,
     render_lua,
 )
-from control_plane.translate.routes import AUDIO_PATH_RE, RETRY_ON
+from control_plane.translate.routes import AUDIO_PATH_RE, RETRY_ON, multipart_source
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "openai/whisper-tiny.en"
@@ -56,7 +56,7 @@ HS = health_check_pb2.HealthStatus
 
 CONFIG: dict[str, Any] = {
     "limits": {"max_upload_mb": 10, "idle_timeout_s": 321, "request_headers_timeout_s": 7},
-    "routing": {"policy": "round_robin", "retries": 3},
+    "routing": {"policy": "round_robin", "retries": 3, "retry_on_reset": False},
     "outlier": {
         "consecutive_5xx": 4,
         "consecutive_gateway_failure": 5,
@@ -114,10 +114,19 @@ def manager() -> hcm.HttpConnectionManager:
 
 
 def rendered_lua() -> str:
+    """The request-side Lua: it runs on the audio route only, disabled elsewhere."""
     vh = route_config().virtual_hosts[0]
+    sources = {}
+    for r in vh.routes:
+        per = lua_pb2.LuaPerRoute()
+        if "envoy.filters.http.lua" in r.typed_per_filter_config:
+            assert r.typed_per_filter_config["envoy.filters.http.lua"].Unpack(per)
+            if not per.disabled:
+                sources[r.name] = per.source_code.inline_string
+    assert list(sources) == ["audio:before-lua"]
     per = lua_pb2.LuaPerRoute()
-    assert vh.typed_per_filter_config["envoy.filters.http.lua"].Unpack(per)
-    return per.source_code.inline_string
+    assert vh.typed_per_filter_config["envoy.filters.http.lua"].Unpack(per) and per.disabled
+    return sources["audio:before-lua"]
 
 
 # ------------------------------------------------------------------ model
@@ -275,11 +284,21 @@ def test_route_order_and_matches() -> None:
         for r in (convert, plain):
             assert r.match.safe_regex.regex == AUDIO_PATH_RE
             assert r.route.cluster == cluster_name(model)
-            assert list(r.request_headers_to_remove) == ["x-gateway-convert"]
-        headers = {(h.name, h.string_match.exact) for h in plain.match.headers}
-        assert headers == {("x-gateway-model", model), (":method", "POST")}
-        convert_headers = {(h.name, h.string_match.exact) for h in convert.match.headers}
-        assert convert_headers == headers | {("x-gateway-convert", "1")}
+            # The client's key never reaches a backend (unless configured).
+            assert list(r.request_headers_to_remove) == ["authorization", "x-api-key"]
+            # Routed by dynamic metadata only Lua writes: no header chooses a cluster.
+            assert {(h.name, h.string_match.exact) for h in r.match.headers} == {
+                (":method", "POST")
+            }
+
+        def meta(r: rc.Route) -> set[tuple[str, str, str]]:
+            return {
+                (m.filter, m.path[0].key, m.value.string_match.exact)
+                for m in r.match.dynamic_metadata
+            }
+
+        assert meta(plain) == {("whisper_gateway", "model", model)}
+        assert meta(convert) == meta(plain) | {("whisper_gateway", "convert", "1")}
         # The response filter runs on the convert route only.
         on, off = lua_pb2.LuaPerRoute(), lua_pb2.LuaPerRoute()
         assert convert.typed_per_filter_config["whisper.filters.format"].Unpack(on)
@@ -403,7 +422,9 @@ def test_lua_per_route_carries_every_model_and_no_placeholder() -> None:
 def test_render_lua_is_one_pass() -> None:
     tmpl = 'local M = {\n--MODELS--\n}\nlocal L = "--MODEL_LIST--"\n'
     out = render_lua(tmpl, ("--MODEL_LIST--", "--MODELS--"), {"--MODELS--": "text"})
-    assert out == (
+    reader = multipart_source() + "\n"
+    assert out.startswith(reader)
+    assert out[len(reader) :] == (
         'local M = {\n  ["--MODEL_LIST--"] = "openai",\n  ["--MODELS--"] = "text",\n}\n'
         'local L = "--MODEL_LIST--, --MODELS--"\n'
     )
@@ -421,6 +442,8 @@ def test_listener() -> None:
     assert m.rds.route_config_name == ROUTE_CONFIG_NAME
     assert m.rds.config_source.HasField("ads")
     assert [f.name for f in m.http_filters] == [
+        "envoy.filters.http.api_key_auth",
+        "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.lua",
         "whisper.filters.format",
         "envoy.filters.http.router",
@@ -576,7 +599,8 @@ envoy_on_request(handle)
 if replied then
   io.write("REPLY ", replied[1][":status"], " ", replied[1]["content-type"], "\n", replied[2])
 else
-  io.write("PASS ", tostring(hdrs["x-gateway-model"]), " ", tostring(cleared))
+  local routed = meta.whisper_gateway and meta.whisper_gateway.model
+  io.write("PASS ", tostring(routed), " ", tostring(cleared))
 end
 """
 
@@ -676,18 +700,20 @@ def test_lua_curl_style_file_first_with_decoy_inside(tmp_path: Path) -> None:
 @needs_lua
 def test_lua_quoted_boundary_with_pattern_chars(tmp_path: Path) -> None:
     boundary = "----=_Part_0.1%x-(a)+[b]"
-    body = curl_form(boundary, [("model", None, f"  {BASE} ".encode()), ("file", "a.wav", WAV)])
+    body = curl_form(boundary, [("model", None, BASE.encode()), ("file", "a.wav", WAV)])
     ctype = f'multipart/form-data; charset=utf-8; boundary="{boundary}"'
     assert run_lua(tmp_path, body, ctype) == f"PASS {BASE} true"
+    # Never trimmed: the backend would not trim it either, so it is another model.
+    padded = curl_form(boundary, [("model", None, f" {BASE}".encode()), ("file", "a.wav", WAV)])
+    status, _ = reply(run_lua(tmp_path, padded, ctype))
+    assert status == 404
 
 
 @needs_lua
 def test_lua_client_header_is_never_trusted(tmp_path: Path) -> None:
+    """Routing reads the metadata Lua wrote from the body, never the client's header."""
     body, ctype = aiohttp_form(True, TINY, WAV)
     assert run_lua(tmp_path, body, ctype, client_model=BASE) == f"PASS {TINY} true"
-    # Elsewhere the header is stripped and nothing is read.
-    out = run_lua(tmp_path, b"", "", method="GET", path="/v1/models", client_model=BASE)
-    assert out == "PASS nil false"
 
 
 @needs_lua

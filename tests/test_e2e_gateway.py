@@ -362,7 +362,15 @@ async def test_headers_reach_backend_and_request_id_returned(
         async with s.post(
             gateway.url + TRANSCRIBE,
             data=form(model=SLOW_STREAM),
-            headers={"Authorization": "Bearer sk-test-123", "OpenAI-Organization": "org-x"},
+            headers={
+                "Authorization": "Bearer sk-test-123",
+                "x-api-key": "sk-test-456",
+                "OpenAI-Organization": "org-x",
+                # Spoofed internal and Envoy headers: none may reach the backend as sent.
+                "x-gateway-client": "admin",
+                "x-envoy-retry-on": "5xx",
+                "x-envoy-max-retries": "9",
+            },
         ) as r:
             rid = r.headers["x-request-id"]
             await r.read()
@@ -371,6 +379,8 @@ async def test_headers_reach_backend_and_request_id_returned(
     lowered = [{k.lower(): v for k, v in h["headers"].items()} for h in seen]
     mine = [h for h in lowered if h.get("x-request-id") == rid]
     assert len(mine) == 1
-    assert mine[0]["authorization"] == "Bearer sk-test-123"
+    # The client's key is not forwarded to backends (edge.forward_client_key: false).
+    assert "authorization" not in mine[0] and "x-api-key" not in mine[0]
     assert mine[0]["openai-organization"] == "org-x"
+    assert not {"x-gateway-client", "x-envoy-retry-on", "x-envoy-max-retries"} & set(mine[0])
     assert mine[0]["x-gateway-model"] == SLOW_STREAM

@@ -8,14 +8,18 @@
 -- never trusted from the client.
 
 local HEADER = "x-gateway-model"
--- Set (never trusted from the client) when the response must be converted: the
--- model routes that match it run the format filter (format_response.lua).
-local CONVERT = "x-gateway-convert"
+-- The client id the API key filter sets (the client's own is removed before
+-- any filter runs); CLIENT_MODELS limits a client to models.
+local CLIENT = "x-gateway-client"
 -- model -> its stream format (openai | backend | text)
 local MODELS = {
 --MODELS--
 }
 local MODEL_LIST = "--MODEL_LIST--"
+-- client id -> {model = true}; clients not listed may use every model
+local CLIENT_MODELS = {
+--CLIENT_MODELS--
+}
 local STREAM_FORMATS = {openai = true, backend = true, text = true}
 local RENDERED = {text = true, srt = true, vtt = true}
 local META = "whisper_gateway"
@@ -29,108 +33,50 @@ local function json_string(s)
   return '"' .. s .. '"'
 end
 
-local function reply(handle, status, message, param)
+local function reply(handle, status, message, param, kind)
   local body = '{"error":{"message":' .. json_string(message)
-    .. ',"type":"invalid_request_error","param":'
+    .. ',"type":"' .. (kind or "invalid_request_error") .. '","param":'
     .. (param and json_string(param) or "null")
     .. ',"code":' .. status .. '}}'
   handle:respond({[":status"] = tostring(status), ["content-type"] = "application/json"}, body)
 end
 
-local WINDOW = 1048576
+-- The fields the gateway reads, with the most bytes each may hold.
+local WANTED = {model = 256, response_format = 64, stream = 16}
 
--- A view of the buffered body with 0-based `find` and `sub`. A small body is
--- copied into Lua once; a large one is scanned in 1 MiB windows, so a 25 MB
--- upload is never copied whole.
-local function reader(body)
-  local len = body:length()
-  if len <= WINDOW then
-    local str = body:getBytes(0, len)
-    return len,
-      function(needle, from)
-        local i = string.find(str, needle, from + 1, true)
-        return i and i - 1 or nil
-      end,
-      function(from, n) return string.sub(str, from + 1, from + n) end
-  end
-  local function find(needle, from)
-    local pos = from
-    while pos < len do
-      local n = math.min(WINDOW + #needle, len - pos)
-      local i = string.find(body:getBytes(pos, n), needle, 1, true)
-      if i then return pos + i - 1 end
-      if pos + n >= len then return nil end
-      pos = pos + WINDOW
-    end
-    return nil
-  end
-  return len, find, function(from, n) return body:getBytes(from, n) end
-end
-
--- One walk over the parts: the values (and 0-based offsets) of the wanted
--- fields, by name. Walking by boundary means a file whose bytes contain
--- 'name="model"' cannot fool it; a large upload is scanned once.
-local function form_fields(body, boundary, wanted)
-  local len, find, sub = reader(body)
-  local delim = "--" .. boundary
-  local found, left = {}, 0
-  for _ in pairs(wanted) do left = left + 1 end
-  local s = find(delim, 0)
-  while s and left > 0 do
-    local after = s + #delim
-    if after + 2 <= len and sub(after, 2) == "--" then break end
-    local head_end = find("\r\n\r\n", after)
-    if not head_end or head_end - after > 16384 then break end
-    local head = sub(after, head_end - after)
-    local value_start = head_end + 4
-    local next_s = find("\r\n" .. delim, value_start)
-    if not next_s then break end
-    local field = head:match('[;%s]name="([^"]*)"') or head:match("[;%s]name=([^;%s]+)")
-    if field and wanted[field] and not found[field] and next_s - value_start <= 4096 then
-      found[field] = {sub(value_start, next_s - value_start), value_start}
-      left = left - 1
-    end
-    s = next_s + 2
-  end
-  return found
-end
-
-local WANTED = {model = true, response_format = true, stream = true}
-
+-- Routing reads only dynamic metadata (META.model, META.convert), which no client
+-- can set: if this script fails, no model route matches and the request ends
+-- in the gateway's own error, never at a cluster a client header chose.
 function envoy_on_request(handle)
   local headers = handle:headers()
-  headers:remove(HEADER)
-  headers:remove(CONVERT)
-  local path = headers:get(":path") or ""
-  path = path:gsub("%?.*$", "")
-  if headers:get(":method") ~= "POST"
-      or (path ~= "/v1/audio/transcriptions" and path ~= "/v1/audio/translations") then
-    return
-  end
   local ctype = headers:get("content-type") or ""
-  local boundary = ctype:match('[Bb]oundary="([^"]+)"') or ctype:match("[Bb]oundary=([^;%s]+)")
-  if not ctype:lower():find("multipart/form-data", 1, true) or not boundary then
+  local boundary = ctype:lower():find("multipart/form-data", 1, true) and multipart_boundary(ctype)
+  if not boundary then
     reply(handle, 400, "the request body must be multipart/form-data with a 'file' and a 'model' field", nil)
     return
   end
+  local client = headers:get(CLIENT)
   local body = handle:body()
   if body == nil then
     reply(handle, 400, "the request has no body: send a multipart form with 'file' and 'model'", "file")
     return
   end
-  local fields = form_fields(body, boundary, WANTED)
-  local model = fields.model and fields.model[1]
-  if model == nil then
-    reply(handle, 400, "you must provide a model parameter (available models: " .. MODEL_LIST .. ")", "model")
+  local fields, err = multipart_fields(body, boundary, WANTED)
+  if not fields then
+    reply(handle, err.status, err.message, err.param)
     return
   end
-  model = model:match("^%s*(.-)%s*$")
-  if model == "" then
+  local model = fields.model and fields.model[1]
+  if model == nil or model == "" then
     reply(handle, 400, "you must provide a model parameter (available models: " .. MODEL_LIST .. ")", "model")
     return
   end
   if not MODELS[model] then
     reply(handle, 404, "The model '" .. model .. "' does not exist. Available models: " .. MODEL_LIST, "model")
+    return
+  end
+  if client and CLIENT_MODELS[client] and not CLIENT_MODELS[client][model] then
+    reply(handle, 403, "this API key may not use the model '" .. model .. "'", "model", "permission_error")
     return
   end
   local fmt = handle:headers():get("x-stream-format") or MODELS[model]
@@ -155,8 +101,9 @@ function envoy_on_request(handle)
     handle:headers():replace("content-length", tostring(#new))
     meta:set(META, "render", rf)
   end
-  -- body() yielded: the headers handle from before it is out of scope now.
+  -- For the backend and the access log only; routing never reads it.
   handle:headers():replace(HEADER, model)
-  if convert then handle:headers():replace(CONVERT, "1") end
+  meta:set(META, "model", model)
+  if convert then meta:set(META, "convert", "1") end
   handle:clearRouteCache()
 end

@@ -39,6 +39,12 @@ def _model_cluster(model: GatewayModel, c: ModelCluster) -> cluster_pb2.Cluster:
                     max_pending_requests=u32(value=100_000),
                     max_requests=u32(value=100_000),
                     max_retries=u32(value=1_000),
+                    # Retries in flight stay within 20 % of active requests (at least
+                    # 3): a burst of crashes cannot double the load on the survivors.
+                    retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(
+                        budget_percent=percent_pb2.Percent(value=20.0),
+                        min_retry_concurrency=u32(value=3),
+                    ),
                 )
             ],
             # HTTP/1.1 upstreams: one connection is one request in flight, so

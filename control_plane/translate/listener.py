@@ -9,11 +9,14 @@ from envoy.config.core.v3 import (
     address_pb2,
     config_source_pb2,
     grpc_service_pb2,
+    protocol_pb2,
     substitution_format_string_pb2,
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -23,6 +26,11 @@ from google.protobuf import struct_pb2, wrappers_pb2
 
 from control_plane.model import GatewayModel
 from control_plane.translate.common import ads_source, any_of, seconds
+from control_plane.translate.edge import (
+    API_KEY_FILTER,
+    RATE_LIMIT_FILTER,
+    early_header_mutations,
+)
 
 #: The bootstrap's static cluster to the control plane (xDS and the access log service).
 XDS_CLUSTER = "xds_cluster"
@@ -110,7 +118,7 @@ def local_reply_mappers(model: GatewayModel) -> list[hcm.ResponseMapper]:
             ),
         ),
         hcm.ResponseMapper(
-            filter=_flags("UF", "URX", "UC", "UR", "LR", "UMSDR", "OM"),
+            filter=_flags("UF", "URX", "UC", "UR", "LR", "UMSDR"),
             body_format_override=_error_format(
                 f"the backend for {which} failed or closed the connection "
                 "(%RESPONSE_CODE_DETAILS%)",
@@ -140,6 +148,33 @@ def local_reply_mappers(model: GatewayModel) -> list[hcm.ResponseMapper]:
             ),
         ),
         hcm.ResponseMapper(
+            filter=_status(401),
+            body_format_override=_error_format(
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                "invalid_request_error",
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_status(429),
+            body_format_override=_error_format(
+                "rate limit reached for this gateway or API key; retry after the "
+                "number of seconds in Retry-After",
+                "rate_limit_error",
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_status(431),
+            body_format_override=_error_format(
+                "the request headers are too large or too many", "invalid_request_error"
+            ),
+        ),
+        hcm.ResponseMapper(
+            filter=_flags("OM"),
+            body_format_override=_error_format(
+                "the gateway is overloaded; retry later", "service_unavailable_error"
+            ),
+        ),
+        hcm.ResponseMapper(
             filter=_flags("NR"),
             body_format_override=_error_format("no route for this path", "invalid_request_error"),
         ),
@@ -152,7 +187,20 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
         codec_type=hcm.HttpConnectionManager.CodecType.AUTO,
         rds=hcm.Rds(config_source=ads_source(), route_config_name=ROUTE_CONFIG_NAME),
         http_filters=[
-            # The Lua source arrives per virtual host through RDS.
+            # Keys and rate limits come per virtual host / route through RDS; the base
+            # configs here do nothing, so LDS stays the same when they change.
+            hcm.HttpFilter(
+                name=API_KEY_FILTER,
+                typed_config=any_of(api_key_auth_pb2.ApiKeyAuth()),
+                disabled=True,
+            ),
+            hcm.HttpFilter(
+                name=RATE_LIMIT_FILTER,
+                typed_config=any_of(
+                    local_rate_limit_pb2.LocalRateLimit(stat_prefix="gateway_rate_limit")
+                ),
+            ),
+            # The Lua source arrives per route through RDS (the audio route only).
             hcm.HttpFilter(name="envoy.filters.http.lua", typed_config=any_of(lua_pb2.Lua())),
             # Response formats; disabled on the virtual host, enabled per route.
             hcm.HttpFilter(name=FORMAT_FILTER, typed_config=any_of(lua_pb2.Lua())),
@@ -165,6 +213,20 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
         request_headers_timeout=seconds(model.limits.request_headers_timeout_s),
         request_timeout=seconds(0),
         generate_request_id=wrappers_pb2.BoolValue(value=True),
+        # The client's address is the peer's (or the one `trusted_hops` proxies in front
+        # saw); no client is internal, so Envoy drops every x-envoy-* header a client
+        # sends (x-envoy-retry-on, x-envoy-max-retries: our retry policy stands).
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        xff_num_trusted_hops=model.edge.trusted_hops,
+        internal_address_config=hcm.HttpConnectionManager.InternalAddressConfig(
+            unix_sockets=False, cidr_ranges=[]
+        ),
+        early_header_mutation_extensions=early_header_mutations(),
+        max_request_headers_kb=wrappers_pb2.UInt32Value(value=model.edge.max_request_headers_kb),
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            max_headers_count=wrappers_pb2.UInt32Value(value=model.edge.max_headers_count),
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.HeadersWithUnderscoresAction.REJECT_REQUEST,
+        ),
         always_set_request_id_in_response=True,
         local_reply_config=hcm.LocalReplyConfig(mappers=local_reply_mappers(model)),
         access_log=[

@@ -18,16 +18,31 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 from google.protobuf import wrappers_pb2
 
 from control_plane.model import ADMIN_CLUSTER, UNROUTED_CLUSTER, GatewayModel
 from control_plane.translate.common import any_of, seconds
-from control_plane.translate.listener import FORMAT_FILTER, MODEL_HEADER, ROUTE_CONFIG_NAME
+from control_plane.translate.edge import (
+    BACKEND_HEADER,
+    api_keys_config,
+    rate_limit_config,
+    unprotected,
+)
+from control_plane.translate.listener import FORMAT_FILTER, ROUTE_CONFIG_NAME
 
-LUA_TEMPLATE = Path(__file__).resolve().parents[1] / "filters" / "route_by_model.lua"
-FORMAT_LUA = Path(__file__).resolve().parents[1] / "filters" / "format_response.lua"
-CONVERT_HEADER = "x-gateway-convert"
+FILTERS = Path(__file__).resolve().parents[1] / "filters"
+LUA_TEMPLATE = FILTERS / "route_by_model.lua"
+MULTIPART_LUA = FILTERS / "multipart.lua"
+FORMAT_LUA = FILTERS / "format_response.lua"
+#: Dynamic metadata the request-side Lua sets; the model routes match only it.
+META_NS = "whisper_gateway"
+
+
+@functools.cache
+def multipart_source() -> str:
+    """The multipart reader, prepended to the request-side Lua (one chunk per route)."""
+    return MULTIPART_LUA.read_text()
 
 
 @functools.cache
@@ -47,6 +62,9 @@ def _format_filter(enabled: bool) -> dict[str, Any]:
 
 AUDIO_PATH_RE = r"^/v1/audio/(transcriptions|translations)$"
 RETRY_ON = "connect-failure,refused-stream,reset-before-request"
+#: A backend that resets after the upload reached it (a crash) before any response
+#: byte: resent to another host. Envoy never retries once the response has started.
+RETRY_ON_RESET = RETRY_ON + ",reset"
 MAX_DIRECT_BODY = 256 * 1024
 UPLOAD_SLACK = 64 * 1024  # multipart headers around a file at the limit
 
@@ -64,19 +82,32 @@ def _lua_string(s: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-_PLACEHOLDERS = re.compile(r'--MODELS--|"--MODEL_LIST--"')
+_PLACEHOLDERS = re.compile(r'--MODELS--|"--MODEL_LIST--"|--CLIENT_MODELS--')
 
 
-def render_lua(template: str, models: tuple[str, ...], stream_formats: dict[str, str]) -> str:
-    """Fill the models and their stream formats into the Lua source (pure, one pass)."""
+def render_lua(
+    template: str,
+    models: tuple[str, ...],
+    stream_formats: dict[str, str],
+    client_models: dict[str, tuple[str, ...]] | None = None,
+) -> str:
+    """The multipart reader, then the template with the models, their stream formats and
+    the clients limited to models filled in (pure, one pass)."""
     fill = {
         "--MODELS--": "\n".join(
             f"  [{_lua_string(m)}] = {_lua_string(stream_formats.get(m, 'openai'))},"
             for m in models
         ),
         '"--MODEL_LIST--"': _lua_string(", ".join(models)),
+        "--CLIENT_MODELS--": "\n".join(
+            f"  [{_lua_string(c)}] = {{"
+            + ", ".join(f"[{_lua_string(m)}] = true" for m in ms)
+            + "},"
+            for c, ms in sorted((client_models or {}).items())
+        ),
     }
-    return _PLACEHOLDERS.sub(lambda mo: fill[mo.group(0)], template)
+    body = _PLACEHOLDERS.sub(lambda mo: fill[mo.group(0)], template)
+    return multipart_source() + "\n" + body
 
 
 def _error_body(status: int, message: str, param: str | None = None) -> str:
@@ -107,9 +138,20 @@ def _exact(name: str, value: str) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
 
 
-def _audio_match(*headers: rc.HeaderMatcher) -> rc.RouteMatch:
+def _audio_match(*headers: rc.HeaderMatcher, meta: dict[str, str] | None = None) -> rc.RouteMatch:
     return rc.RouteMatch(
-        safe_regex=regex_pb2.RegexMatcher(regex=AUDIO_PATH_RE), headers=list(headers)
+        safe_regex=regex_pb2.RegexMatcher(regex=AUDIO_PATH_RE),
+        headers=list(headers),
+        dynamic_metadata=[_meta_is(k, v) for k, v in (meta or {}).items()],
+    )
+
+
+def _meta_is(key: str, value: str) -> metadata_pb2.MetadataMatcher:
+    """Matches dynamic metadata the Lua filter set: no client can write it."""
+    return metadata_pb2.MetadataMatcher(
+        filter=META_NS,
+        path=[metadata_pb2.MetadataMatcher.PathSegment(key=key)],
+        value=value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=value)),
     )
 
 
@@ -119,7 +161,7 @@ def _forward(model: GatewayModel, cluster: str) -> rc.RouteAction:
         timeout=seconds(0),  # Envoy's 15 s default would kill transcriptions
         idle_timeout=seconds(model.limits.idle_timeout_s),
         retry_policy=rc.RetryPolicy(
-            retry_on=RETRY_ON,
+            retry_on=RETRY_ON_RESET if model.retry_on_reset else RETRY_ON,
             num_retries=wrappers_pb2.UInt32Value(value=model.retries),
             retry_host_predicate=[
                 rc.RetryPolicy.RetryHostPredicate(
@@ -167,14 +209,14 @@ def router_routes(model: GatewayModel) -> list[rc.Route]:
             match=rc.RouteMatch(path="/health", headers=[get]),
             direct_response=_direct(status, body),
             response_headers_to_add=json_type,
-            typed_per_filter_config=_NO_LUA,
+            typed_per_filter_config={**_NO_LUA, **unprotected(model)},
         ),
         rc.Route(
             name="router:version",
             match=rc.RouteMatch(path="/version", headers=[get]),
             direct_response=_direct(200, json.dumps({"version": model.version})),
             response_headers_to_add=json_type,
-            typed_per_filter_config=_NO_LUA,
+            typed_per_filter_config={**_NO_LUA, **unprotected(model)},
         ),
     ]
     if model.public_router_endpoints:
@@ -194,34 +236,44 @@ def router_routes(model: GatewayModel) -> list[rc.Route]:
     return routes
 
 
-def build_routes(model: GatewayModel) -> list[rc.Route]:
+def build_routes(model: GatewayModel, lua: str) -> list[rc.Route]:
     routes: list[rc.Route] = []
+    audio_limits = rate_limit_config(model)
     post = _exact(":method", "POST")
     for c in model.clusters:
         # Two routes per model: the response filter runs only where the request side
         # asked for a conversion, so plain JSON answers never enter Lua on the way back.
         for convert in (True, False):
-            match = [_exact(MODEL_HEADER, c.model), post]
-            if convert:
-                match.append(_exact(CONVERT_HEADER, "1"))
+            meta = {"model": c.model, **({"convert": "1"} if convert else {})}
+            response_headers = [_header("x-gateway-model", c.model)]
+            if model.edge.backend_header:
+                response_headers.append(_header(BACKEND_HEADER, "%UPSTREAM_REMOTE_ADDRESS%"))
             routes.append(
                 rc.Route(
                     name=f"model:{c.model}" + (":convert" if convert else ""),
-                    match=_audio_match(*match),
+                    match=_audio_match(post, meta=meta),
                     route=_forward(model, c.cluster_name),
-                    request_headers_to_remove=[CONVERT_HEADER],
-                    response_headers_to_add=[
-                        _header("x-gateway-model", c.model),
-                        _header("x-gateway-backend", "%UPSTREAM_REMOTE_ADDRESS%"),
-                    ],
-                    typed_per_filter_config=_format_filter(convert),
+                    request_headers_to_remove=[]
+                    if model.edge.forward_client_key
+                    else ["authorization", "x-api-key"],
+                    response_headers_to_add=response_headers,
+                    typed_per_filter_config={**_NO_LUA, **_format_filter(convert)},
                 )
             )
+    # The only route the request-side Lua runs on: every audio POST lands here
+    # first. If the script fails, nothing re-routes it and the unrouted cluster
+    # (no hosts) ends it with the gateway's own 503.
     routes.append(
         rc.Route(
             name="audio:before-lua",
             match=_audio_match(post),
             route=_forward(model, UNROUTED_CLUSTER),
+            typed_per_filter_config={
+                "envoy.filters.http.lua": any_of(
+                    lua_pb2.LuaPerRoute(source_code=base_pb2.DataSource(inline_string=lua))
+                ),
+                **audio_limits,
+            },
         )
     )
     routes.append(
@@ -276,7 +328,13 @@ def build_routes(model: GatewayModel) -> list[rc.Route]:
 
 
 def build_route_config(model: GatewayModel, lua_template: str) -> route_pb2.RouteConfiguration:
-    lua = render_lua(lua_template, model.models, {c.model: c.stream_format for c in model.clusters})
+    clients = model.security.clients or ()
+    lua = render_lua(
+        lua_template,
+        model.models,
+        {c.model: c.stream_format for c in model.clusters},
+        {c.name: c.models for c in clients if c.models},
+    )
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         max_direct_response_body_size_bytes=wrappers_pb2.UInt32Value(value=MAX_DIRECT_BODY),
@@ -285,13 +343,14 @@ def build_route_config(model: GatewayModel, lua_template: str) -> route_pb2.Rout
                 name="gateway",
                 domains=["*"],
                 request_body_buffer_limit=wrappers_pb2.UInt64Value(value=upload_limit_bytes(model)),
+                # Lua runs on the audio route only (build_routes); keys on every route
+                # but /health and /version.
                 typed_per_filter_config={
-                    "envoy.filters.http.lua": any_of(
-                        lua_pb2.LuaPerRoute(source_code=base_pb2.DataSource(inline_string=lua))
-                    ),
+                    **_NO_LUA,
                     **_format_filter(False),
+                    **api_keys_config(model),
                 },
-                routes=build_routes(model),
+                routes=build_routes(model, lua),
             )
         ],
     )

@@ -147,6 +147,9 @@ def gateway_config(backends: list[dict[str, Any]], **overrides: Any) -> dict[str
             "unhealthy_threshold": 2,
         },
         "backends": backends,
+        # The tests see which backend served a request (off by default: it tells
+        # clients internal addresses).
+        "edge": {"backend_header": True},
     }
     cfg.update(overrides)
     return cfg

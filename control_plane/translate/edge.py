@@ -1,0 +1,150 @@
+"""The edge: what the listener trusts, who may call it, and how often (pure).
+
+API keys are Envoy's own api_key_auth filter, its credentials in RDS (an RDS
+change drains nothing); rate limits are Envoy's local rate limit, a gateway
+bucket plus one per client key, on the audio route only. Our internal headers
+are removed before any route is chosen, so no client can write them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    header_mutation_pb2 as early,
+)
+from envoy.type.v3 import percent_pb2, token_bucket_pb2
+from google.protobuf import wrappers_pb2
+
+from control_plane.model import GatewayModel
+from control_plane.translate.common import any_of, seconds
+
+API_KEY_FILTER = "envoy.filters.http.api_key_auth"
+RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+BACKEND_HEADER = "x-gateway-backend"
+#: Set by the API key filter to the key's client name; Lua and the rate limit read it.
+CLIENT_HEADER = "x-gateway-client"
+#: Headers only the gateway writes: removed from every request before routing.
+INTERNAL_HEADERS = ("x-gateway-model", CLIENT_HEADER, "x-gateway-convert", BACKEND_HEADER)
+RATE_LIMIT_DESCRIPTOR = "client"
+
+
+def keys_on(model: GatewayModel) -> bool:
+    return model.security.clients is not None
+
+
+def early_header_mutations() -> list[extension_pb2.TypedExtensionConfig]:
+    """Removes our internal headers before the route is chosen (HCM early mutation)."""
+    return [
+        extension_pb2.TypedExtensionConfig(
+            name="envoy.http.early_header_mutation.header_mutation",
+            typed_config=any_of(
+                early.HeaderMutation(
+                    mutations=[
+                        mutation_rules_pb2.HeaderMutation(remove=h) for h in INTERNAL_HEADERS
+                    ]
+                )
+            ),
+        )
+    ]
+
+
+def api_keys_config(model: GatewayModel) -> dict[str, Any]:
+    """The virtual host's keys, enabling the filter the listener holds disabled; {} when
+    keys are off. The key is read from `Authorization: Bearer`, the client's name is
+    passed on in CLIENT_HEADER, and the key itself is not (unless configured)."""
+    if not keys_on(model):
+        return {}
+    clients = model.security.clients or ()
+    keys = api_key_auth_pb2.ApiKeyAuthPerRoute(
+        credentials=[api_key_auth_pb2.Credential(key=c.key, client=c.name) for c in clients],
+        key_sources=[api_key_auth_pb2.KeySource(header="authorization")],
+        forwarding=api_key_auth_pb2.Forwarding(
+            header=CLIENT_HEADER, hide_credentials=not model.edge.forward_client_key
+        ),
+    )
+    return {API_KEY_FILTER: any_of(rc.FilterConfig(config=any_of(keys), disabled=False))}
+
+
+def unprotected(model: GatewayModel) -> dict[str, Any]:
+    """/health and /version answer without a key (liveness probes carry none)."""
+    if not keys_on(model):
+        return {}
+    return {API_KEY_FILTER: any_of(rc.FilterConfig(disabled=True))}
+
+
+def _bucket(per_s: float, burst: int) -> token_bucket_pb2.TokenBucket:
+    """`burst` tokens, refilled at `per_s`: whole tokens every 1/per_s seconds, or
+    one token every interval when the rate is below one per second."""
+    tokens = max(1, round(per_s)) if per_s >= 1 else 1
+    interval = tokens / per_s
+    return token_bucket_pb2.TokenBucket(
+        max_tokens=max(burst, tokens),
+        tokens_per_fill=wrappers_pb2.UInt32Value(value=tokens),
+        fill_interval=seconds(max(interval, 0.05)),
+    )
+
+
+def retry_after_s(per_s: float) -> int:
+    """What a limited client is told to wait: the time for one token, rounded up."""
+    return max(1, int(-(-1 // per_s))) if per_s > 0 else 1
+
+
+def rate_limit_config(model: GatewayModel) -> dict[str, Any]:
+    """The audio route's local rate limit, or {} when both buckets are off."""
+    rl = model.rate_limit
+    gateway_on = rl.requests_per_s > 0
+    per_key_on = rl.per_key_requests_per_s > 0 and keys_on(model)
+    if not gateway_on and not per_key_on:
+        return {}
+    slowest = min(r for r in (rl.requests_per_s, rl.per_key_requests_per_s) if r > 0)
+    full = percent_pb2.FractionalPercent(
+        numerator=100, denominator=percent_pb2.FractionalPercent.DenominatorType.HUNDRED
+    )
+    config = local_rate_limit_pb2.LocalRateLimit(
+        stat_prefix="gateway_rate_limit",
+        filter_enabled=base_pb2.RuntimeFractionalPercent(default_value=full),
+        filter_enforced=base_pb2.RuntimeFractionalPercent(default_value=full),
+        response_headers_to_add=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key="retry-after", value=str(retry_after_s(slowest))),
+                append_action=base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ],
+        always_consume_default_token_bucket=wrappers_pb2.BoolValue(value=gateway_on),
+    )
+    if gateway_on:
+        config.token_bucket.CopyFrom(_bucket(rl.requests_per_s, rl.burst))
+    else:
+        # No gateway bucket: a bucket large enough never to limit.
+        config.token_bucket.CopyFrom(_bucket(1e6, 1_000_000))
+    if per_key_on:
+        config.rate_limits.append(
+            rc.RateLimit(
+                actions=[
+                    rc.RateLimit.Action(
+                        request_headers=rc.RateLimit.Action.RequestHeaders(
+                            header_name=CLIENT_HEADER, descriptor_key=RATE_LIMIT_DESCRIPTOR
+                        )
+                    )
+                ]
+            )
+        )
+        for c in model.security.clients or ():
+            config.descriptors.append(
+                ratelimit_pb2.LocalRateLimitDescriptor(
+                    entries=[
+                        ratelimit_pb2.RateLimitDescriptor.Entry(
+                            key=RATE_LIMIT_DESCRIPTOR, value=c.name
+                        )
+                    ],
+                    token_bucket=_bucket(rl.per_key_requests_per_s, rl.per_key_burst),
+                )
+            )
+    return {RATE_LIMIT_FILTER: any_of(config)}
