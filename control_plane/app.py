@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from control_plane import ads, als
+from control_plane import ads, als, secrets
 from control_plane.als import AccessLogServer
 from control_plane.cache import SnapshotCache
 from control_plane.config import GatewayConfig
@@ -27,6 +27,7 @@ from control_plane.reconciler import (
     FleetState,
     Reconciler,
     Resolved,
+    SecretsChanged,
     Verdict,
     endpoint_views,
     fixed_addresses,
@@ -59,14 +60,18 @@ class ControlPlane:
         resolver: Resolver = resolve,
     ) -> None:
         self.config_path = config_path
+        self.config = config
         self.resolver = resolver
+        if config.tls is not None and config.tls.self_signed:
+            secrets.make_self_signed(config.tls)
+        security = secrets.load_security(config)  # ConfigError: refused at start
         self.fixed = {name: getattr(config, name) for name in FIXED_AT_START}
         self.xds_address = config.xds
         self.cache = SnapshotCache()
         self.tasks = SupervisedTasks()
         self.health_monitor = HealthMonitor(self._on_health_event)
         self.reconciler = Reconciler(
-            FleetState(spec_from_config(config)),
+            FleetState(spec_from_config(config), security=security),
             self.cache,
             lua_template or load_lua_template(),
             set_targets=self.health_monitor.set_targets,
@@ -162,8 +167,12 @@ class ControlPlane:
             if getattr(new, name) != value:
                 raise ValueError(f"{name} cannot change on reload; restart instead")
         spec = spec_from_config(new)
+        if new.tls is not None and new.tls.self_signed:
+            secrets.make_self_signed(new.tls)
+        security = secrets.load_security(new)
         lookups = await self.lookup(spec)
-        await self.reconciler.change_spec(spec, lookups)
+        await self.reconciler.change_spec(spec, lookups, security)
+        self.config = new
 
     # ------------------------------------------------------------ lifecycle
 
@@ -189,6 +198,12 @@ class ControlPlane:
             lambda server: als.register(server, self.access_log),
         )
         self.reconciler.acked = self.ads.all_acked
+        self.tasks.spawn(
+            "secrets",
+            lambda: secrets.watch(
+                lambda: self.config, lambda sec: self.reconciler.post(SecretsChanged(sec))
+            ),
+        )
         if not all(is_ip(b.host) for b in spec.backends) or self.resolver is not resolve:
             self.tasks.spawn("dns", self._resolve_loop)
         log.info(

@@ -117,6 +117,36 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """The listener's certificate. Read (and re-read on change) by the control plane,
+    which hands it to Envoy over SDS."""
+
+    cert_file: str
+    key_file: str
+    # Make a self-signed certificate for localhost at these paths when they are absent.
+    self_signed: bool = False
+
+
+@dataclass(frozen=True)
+class ApiKeysConfig:
+    """Client API keys: a YAML file of clients, and/or clients whose key is in an
+    environment variable. The file is watched; a bad edit keeps the last good keys."""
+
+    file: str | None = None
+    env: tuple[tuple[str, str], ...] = ()  # client name -> environment variable
+
+
+@dataclass(frozen=True)
+class UpstreamTlsConfig:
+    """For backends whose URL is https://: the CA that signs them (else the system's
+    roots) and an optional client certificate. SNI is each backend's host name."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     url: str
     models: tuple[str, ...]
@@ -168,6 +198,9 @@ class GatewayConfig:
     stream_formats: tuple[tuple[str, str], ...] = ()  # per-model overrides
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    tls: TlsConfig | None = None  # HTTPS on the listener
+    api_keys: ApiKeysConfig | None = None  # client keys required
+    upstream_tls: UpstreamTlsConfig = field(default_factory=UpstreamTlsConfig)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -343,6 +376,17 @@ def _check_backends(backends: tuple[BackendConfig, ...]) -> None:
         if key in seen:
             raise ConfigError(f"backends[{i}].url", f"duplicates backends[{seen[key]}].url")
         seen[key] = i
+    # Envoy adds a model's backend key on the model's route: one key per model.
+    key_of: dict[str, tuple[str | None, int]] = {}
+    for i, b in enumerate(backends):
+        for m in b.models:
+            env, first = key_of.setdefault(m, (b.api_key_env, i))
+            if env != b.api_key_env:
+                raise ConfigError(
+                    f"backends[{i}].api_key_env",
+                    f"model {m!r} is served by backends with different keys (see "
+                    f"backends[{first}]): give them one api_key_env",
+                )
     # One cluster per model has one transport socket: all plain HTTP or all TLS.
     scheme_of: dict[str, tuple[bool, int]] = {}
     for i, b in enumerate(backends):
@@ -355,8 +399,70 @@ def _check_backends(backends: tuple[BackendConfig, ...]) -> None:
                 )
 
 
-def parse_config(data: Any) -> GatewayConfig:
-    """Validate a decoded YAML document into a GatewayConfig (pure)."""
+def _path(value: Any, where: str, base: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(where, f"must be a file path, got {value!r}")
+    return str((base / value).resolve()) if not Path(value).is_absolute() else value
+
+
+def _paths(
+    data: Any, path: str, base: Path, required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, str]:
+    d = _mapping(data, path)
+    for name in required:
+        if name not in d:
+            raise ConfigError(f"{path}.{name}", "is required")
+    return {
+        name: _path(d[name], f"{path}.{name}", base)
+        for name in required + optional
+        if d.get(name) is not None
+    }
+
+
+def _tls(data: Any, base: Path) -> TlsConfig | None:
+    if data is None:
+        return None
+    d = _mapping(data, "tls")
+    _no_unknown(d, {"cert_file", "key_file", "self_signed"}, "tls")
+    files = _paths(d, "tls", base, ("cert_file", "key_file"), ())
+    self_signed = d.get("self_signed", False)
+    if not isinstance(self_signed, bool):
+        raise ConfigError("tls.self_signed", f"must be true or false, got {self_signed!r}")
+    return TlsConfig(self_signed=self_signed, **files)
+
+
+def _api_keys(data: Any, base: Path) -> ApiKeysConfig | None:
+    if data is None:
+        return None
+    d = _mapping(data, "api_keys")
+    _no_unknown(d, {"file", "env"}, "api_keys")
+    env = _mapping(d.get("env"), "api_keys.env")
+    for name, var in env.items():
+        if not isinstance(var, str) or not var.strip():
+            raise ConfigError(
+                f"api_keys.env.{name}", f"must name an environment variable, got {var!r}"
+            )
+    if "file" not in d and not env:
+        raise ConfigError("api_keys", "needs a file or env (or remove the section: keys off)")
+    file = _path(d["file"], "api_keys.file", base) if "file" in d else None
+    return ApiKeysConfig(file=file, env=tuple(sorted((str(k), v) for k, v in env.items())))
+
+
+def _upstream_tls(data: Any, base: Path) -> UpstreamTlsConfig:
+    d = _mapping(data, "upstream_tls")
+    _no_unknown(d, {"ca_file", "cert_file", "key_file"}, "upstream_tls")
+    files = _paths(d, "upstream_tls", base, (), ("ca_file", "cert_file", "key_file"))
+    if ("cert_file" in files) != ("key_file" in files):
+        raise ConfigError(
+            "upstream_tls.key_file", "a client certificate needs both cert_file and key_file"
+        )
+    return UpstreamTlsConfig(**files)
+
+
+def parse_config(data: Any, base_dir: str | Path | None = None) -> GatewayConfig:
+    """Validate a decoded YAML document into a GatewayConfig (pure). Relative file
+    paths are relative to `base_dir` (the config file's folder), else to the cwd."""
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
     d = _mapping(data, "config")
     _no_unknown(d, set(_FIELDS), "")
     routing = _section(RoutingConfig, d.get("routing"), "routing")
@@ -406,6 +512,9 @@ def parse_config(data: Any) -> GatewayConfig:
         stream_formats=tuple(sorted(overrides.items())),
         edge=_section(EdgeConfig, d.get("edge"), "edge"),
         rate_limit=_section(RateLimitConfig, d.get("rate_limit"), "rate_limit"),
+        tls=_tls(d.get("tls"), base),
+        api_keys=_api_keys(d.get("api_keys"), base),
+        upstream_tls=_upstream_tls(d.get("upstream_tls"), base),
         **top,
     )
     used: dict[tuple[str, int], str] = {}
@@ -434,6 +543,8 @@ def config_to_dict(config: GatewayConfig) -> dict[str, Any]:
     doc = _plain(config)
     assert isinstance(doc, dict)
     doc["stream_formats"] = dict(config.stream_formats)
+    if config.api_keys is not None:
+        doc["api_keys"]["env"] = dict(config.api_keys.env)
     for b in doc["backends"]:
         if b.get("health") == doc["health"]:
             del b["health"]  # inherited from the top level
@@ -454,4 +565,4 @@ def load_config(path: str | Path) -> GatewayConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError("config", f"{p} is not valid YAML: {e}") from e
-    return parse_config(data)
+    return parse_config(data, p.parent)

@@ -94,10 +94,9 @@ class ListenerTls:
 class UpstreamTls:
     """TLS to backends whose URL is https://."""
 
-    ca_pem: bytes | None = field(default=None, repr=False)
+    ca_pem: bytes | None = field(default=None, repr=False)  # None: the system's roots
     cert_pem: bytes | None = field(default=None, repr=False)
     key_pem: bytes | None = field(default=None, repr=False)
-    sni: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,8 @@ class Security:
     listener_tls: ListenerTls | None = None
     clients: tuple[Client, ...] | None = None  # None: API keys off
     upstream_tls: UpstreamTls = UpstreamTls()
+    # model -> its backends' own key, added by Envoy on the way to them
+    backend_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

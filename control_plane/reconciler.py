@@ -27,6 +27,7 @@ from control_plane.model import (
     EndpointHealth,
     GatewaySpec,
     HealthKey,
+    Security,
     build_model,
     endpoint_health,
     endpoint_key,
@@ -53,6 +54,7 @@ class FleetState:
     dns_errors: Mapping[str, str] = field(default_factory=dict)
     health: Mapping[HealthKey, EndpointHealth] = field(default_factory=dict)
     draining: frozenset[str] = frozenset()
+    security: Security = field(default_factory=Security)  # certificates and keys, from files
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,14 @@ class SpecChanged:
     spec: GatewaySpec
     lookups: Mapping[str, tuple[str, ...] | str]  # url -> addresses, or the lookup error
     reply: asyncio.Future[None]
+    security: Security | None = None  # the secrets the new config names, read before
+
+
+@dataclass(frozen=True)
+class SecretsChanged:
+    """A watched certificate or key file changed and loaded cleanly."""
+
+    security: Security
 
 
 @dataclass(frozen=True)
@@ -187,7 +197,7 @@ class Barrier:
     reply: asyncio.Future[None]
 
 
-Event = SpecChanged | Resolved | Verdict | Drain | AckChanged | Barrier
+Event = SpecChanged | SecretsChanged | Resolved | Verdict | Drain | AckChanged | Barrier
 Acked = Callable[[str, str], bool]
 SetTargets = Callable[[list[ProbeTarget]], Awaitable[None]]
 
@@ -248,9 +258,11 @@ class Reconciler:
         self.post(Drain(endpoint, draining, fut))
         return await fut
 
-    async def change_spec(self, spec: GatewaySpec, lookups: Mapping[str, Any]) -> None:
+    async def change_spec(
+        self, spec: GatewaySpec, lookups: Mapping[str, Any], security: Security | None = None
+    ) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.post(SpecChanged(spec, lookups, fut))
+        self.post(SpecChanged(spec, lookups, fut, security))
         await fut
 
     @property
@@ -341,6 +353,9 @@ class Reconciler:
             return True
         if isinstance(ev, SpecChanged):
             return self._apply_spec(ev)
+        if isinstance(ev, SecretsChanged):
+            self.state = replace(s, security=ev.security)
+            return None
         return None  # AckChanged, Barrier: publishing is all they ask
 
     def _apply_resolved(self, ev: Resolved) -> None:
@@ -374,7 +389,13 @@ class Reconciler:
             if isinstance(got, str):
                 errors[b.url] = got
                 log.warning("cannot resolve %s: %s (keeping %s)", b.url, got, list(kept or ()))
-        candidate = replace(s, spec=ev.spec, resolved=resolved, dns_errors=errors)
+        candidate = replace(
+            s,
+            spec=ev.spec,
+            resolved=resolved,
+            dns_errors=errors,
+            security=s.security if ev.security is None else ev.security,
+        )
         problems = consistency_errors(self._snapshot_of(candidate))
         if problems:
             return ValueError(f"new config refused: {'; '.join(problems)}")
@@ -406,7 +427,9 @@ class Reconciler:
     # -- state -> snapshot --
 
     def _snapshot_of(self, state: FleetState) -> Snapshot:
-        model = build_model(state.spec, state.resolved, state.health, state.draining)
+        model = build_model(
+            state.spec, state.resolved, state.health, state.draining, state.security
+        )
         return build_snapshot(model, self.lua_template)
 
     def _publish(self) -> bool:

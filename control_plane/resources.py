@@ -11,6 +11,7 @@ from control_plane.translate import (
     build_route_config,
 )
 from control_plane.translate.routes import LUA_TEMPLATE
+from control_plane.translate.secrets import build_secrets
 
 
 def load_lua_template() -> str:
@@ -23,4 +24,5 @@ def build_snapshot(model: GatewayModel, lua_template: str) -> Snapshot:
         endpoints=build_load_assignments(model),
         listeners=[build_listener(model)],
         routes=[build_route_config(model, lua_template)],
+        secrets=build_secrets(model),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -12,17 +13,19 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format, message
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-# Rule 9: within one push, clusters and endpoints go before what refers to them.
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
-# Rule 8: CDS and LDS are full state; EDS and RDS answer the names requested.
-NAMED_TYPES = frozenset({ENDPOINT, ROUTE})
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+# Rule 9: within one push, clusters, endpoints and secrets go before what refers to them.
+PUSH_ORDER = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
+SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", SECRET: "SDS", LISTENER: "LDS", ROUTE: "RDS"}
+# Rule 8: CDS and LDS are full state; EDS, SDS and RDS answer the names requested.
+NAMED_TYPES = frozenset({ENDPOINT, SECRET, ROUTE})
 
 
 def resource_name(msg: message.Message) -> str:
@@ -71,13 +74,37 @@ class Snapshot:
         return {SHORT_NAMES[t]: self.version(t) for t in PUSH_ORDER}
 
 
+REDACTED = "[redacted]"
+
+
+def redact(value: Any) -> Any:
+    """Private keys, client API keys and injected Authorization headers masked: the
+    admin API and files show what Envoy holds, never a secret."""
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if k == "private_key":
+            out[k] = REDACTED
+        elif k == "credentials" and isinstance(v, list):
+            out[k] = [{**c, "key": REDACTED} if isinstance(c, dict) else c for c in v]
+        else:
+            out[k] = redact(v)
+    if str(out.get("key", "")).lower() in ("authorization", "x-api-key") and "value" in out:
+        out["value"] = REDACTED
+    return out
+
+
 def snapshot_json(snap: Snapshot) -> dict[str, dict[str, object]]:
-    """Every type's version and resources as JSON (the admin API's /snapshot, golden files)."""
+    """Every type's version and resources as JSON, secrets redacted (the admin API's
+    /snapshot, golden files)."""
     return {
         SHORT_NAMES[t]: {
             "version": snap.version(t),
             "resources": [
-                json_format.MessageToDict(m, preserving_proto_field_name=True)
+                redact(json_format.MessageToDict(m, preserving_proto_field_name=True))
                 for m in snap.select(t, [])
             ],
         }
@@ -90,11 +117,13 @@ def make_snapshot(
     endpoints: Iterable[message.Message],
     listeners: Iterable[message.Message],
     routes: Iterable[message.Message],
+    secrets: Iterable[message.Message] = (),
 ) -> Snapshot:
     types: dict[str, TypeResources] = {}
     for type_url, msgs in (
         (CLUSTER, clusters),
         (ENDPOINT, endpoints),
+        (SECRET, secrets),
         (LISTENER, listeners),
         (ROUTE, routes),
     ):
@@ -118,6 +147,13 @@ def consistency_errors(snap: Snapshot) -> list[str]:
     for name, lst in snap.items(LISTENER).items():
         assert isinstance(lst, listener_pb2.Listener)
         for chain in lst.filter_chains:
+            tls = tls_pb2.DownstreamTlsContext()
+            if chain.HasField("transport_socket") and chain.transport_socket.typed_config.Unpack(
+                tls
+            ):
+                for sds in tls.common_tls_context.tls_certificate_sds_secret_configs:
+                    if sds.name not in snap.items(SECRET):
+                        errors.append(f"listener {name!r} refers to missing secret {sds.name!r}")
             for f in chain.filters:
                 manager = hcm.HttpConnectionManager()
                 if f.typed_config.Unpack(manager) and manager.HasField("rds"):
@@ -153,4 +189,5 @@ def merge_for_removal(old: Snapshot, new: Snapshot) -> Snapshot | None:
         endpoints.values(),
         new.items(LISTENER).values(),
         new.items(ROUTE).values(),
+        new.items(SECRET).values(),
     )

@@ -147,6 +147,6 @@ def test_select_full_state_and_named_subset() -> None:
 def test_versions_and_empty_snapshot() -> None:
     s = snap()
     v = s.versions()
-    assert list(v) == ["CDS", "EDS", "LDS", "RDS"]
-    assert Snapshot().versions() == {"CDS": "", "EDS": "", "LDS": "", "RDS": ""}
+    assert list(v) == ["CDS", "EDS", "SDS", "LDS", "RDS"]
+    assert Snapshot().versions() == {"CDS": "", "EDS": "", "SDS": "", "LDS": "", "RDS": ""}
     assert Snapshot().select(CLUSTER, []) == []

@@ -508,7 +508,7 @@ def test_versions_deterministic_across_processes() -> None:
         outs.append(json.loads(proc.stdout))
     assert outs[0] == outs[1]
     assert outs[0] == snapshot_versions(config(), HEALTH)
-    assert set(outs[0]) == {"CDS", "EDS", "LDS", "RDS"}
+    assert set(outs[0]) == {"CDS", "EDS", "SDS", "LDS", "RDS"}
     assert all(outs[0].values())
 
 

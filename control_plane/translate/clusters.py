@@ -5,12 +5,20 @@ from __future__ import annotations
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import wrappers_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
-from control_plane.model import ADMIN_CLUSTER, UNROUTED_CLUSTER, GatewayModel, ModelCluster
-from control_plane.translate.common import ads_source, any_of, seconds
+from control_plane.discovery import is_ip
+from control_plane.model import (
+    ADMIN_CLUSTER,
+    UNROUTED_CLUSTER,
+    GatewayModel,
+    ModelCluster,
+    UpstreamTls,
+)
+from control_plane.translate.common import SNI_KEY, ads_source, any_of, seconds, tls_host
 
 _POLICY = {
     "least_request": cluster_pb2.Cluster.LbPolicy.LEAST_REQUEST,
@@ -67,9 +75,56 @@ def _model_cluster(model: GatewayModel, c: ModelCluster) -> cluster_pb2.Cluster:
         ),
     )
     if c.tls:
-        cluster.transport_socket.name = "envoy.transport_sockets.tls"
-        cluster.transport_socket.typed_config.CopyFrom(any_of(tls_pb2.UpstreamTlsContext()))
+        # One transport socket per backend host, picked by the endpoint's metadata
+        # (endpoints.py): each gets its own SNI and its certificate checked against it.
+        cluster.transport_socket.CopyFrom(upstream_tls(model.security.upstream_tls, None))
+        for host in sorted({tls_host(ep.backend_url) for ep in c.endpoints}):
+            cluster.transport_socket_matches.append(
+                cluster_pb2.Cluster.TransportSocketMatch(
+                    name=f"sni:{host}",
+                    match=_struct({SNI_KEY: host}),
+                    transport_socket=upstream_tls(model.security.upstream_tls, host),
+                )
+            )
     return cluster
+
+
+#: The system's roots (Debian, Ubuntu, Alpine and our images), read by Envoy.
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def upstream_tls(tls: UpstreamTls, sni: str | None) -> base_pb2.TransportSocket:
+    """TLS to an https backend: its host name as SNI and as the name its certificate
+    must carry, the configured CA (else the system's roots, SYSTEM_CA), an optional client cert."""
+    ctx = tls_pb2.UpstreamTlsContext(sni=sni or "")
+    common = ctx.common_tls_context
+    common.alpn_protocols.append("http/1.1")
+    if tls.ca_pem is not None:
+        common.validation_context.trusted_ca.inline_bytes = tls.ca_pem
+    else:
+        common.validation_context.trusted_ca.filename = SYSTEM_CA
+    if sni is not None:
+        san = common_pb2.SubjectAltNameMatcher.SanType
+        common.validation_context.match_typed_subject_alt_names.append(
+            common_pb2.SubjectAltNameMatcher(
+                san_type=san.IP_ADDRESS if is_ip(sni) else san.DNS,
+                matcher=string_pb2.StringMatcher(exact=sni),
+            )
+        )
+    if tls.cert_pem is not None and tls.key_pem is not None:
+        common.tls_certificates.append(
+            common_pb2.TlsCertificate(
+                certificate_chain=base_pb2.DataSource(inline_bytes=tls.cert_pem),
+                private_key=base_pb2.DataSource(inline_bytes=tls.key_pem),
+            )
+        )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=any_of(ctx))
+
+
+def _struct(value: dict[str, str]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
 
 
 def _unrouted_cluster(model: GatewayModel) -> cluster_pb2.Cluster:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import any_pb2, duration_pb2, message
 
@@ -27,3 +29,13 @@ def ads_source() -> config_source_pb2.ConfigSource:
         ads=config_source_pb2.AggregatedConfigSource(),
         resource_api_version=config_source_pb2.ApiVersion.V3,
     )
+
+
+#: Endpoint metadata that picks a TLS cluster's per-host transport socket (its SNI).
+SNI_KEY = "sni_host"
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
+
+
+def tls_host(backend_url: str) -> str:
+    """The host name an https backend is reached by: its SNI and certificate name."""
+    return urlsplit(backend_url).hostname or ""

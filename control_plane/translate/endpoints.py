@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import address_pb2, health_check_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from control_plane.model import EndpointHealth, GatewayModel
+from control_plane.translate.common import SNI_KEY, TRANSPORT_SOCKET_MATCH, tls_host
 
 _HEALTH = {
     # UNKNOWN must not be Envoy's UNKNOWN: Envoy treats that as healthy, and a
@@ -15,6 +16,13 @@ _HEALTH = {
     EndpointHealth.UNHEALTHY: health_check_pb2.HealthStatus.UNHEALTHY,
     EndpointHealth.DRAINING: health_check_pb2.HealthStatus.DRAINING,
 }
+
+
+def _sni(backend_url: str) -> base_pb2.Metadata:
+    """Picks the cluster's transport socket for this backend's host (clusters.py)."""
+    meta = base_pb2.Metadata()
+    meta.filter_metadata[TRANSPORT_SOCKET_MATCH].update({SNI_KEY: tls_host(backend_url)})
+    return meta
 
 
 def build_load_assignments(model: GatewayModel) -> list[endpoint_pb2.ClusterLoadAssignment]:
@@ -31,6 +39,7 @@ def build_load_assignments(model: GatewayModel) -> list[endpoint_pb2.ClusterLoad
                     hostname=ep.key,
                 ),
                 health_status=_HEALTH[ep.health],
+                metadata=_sni(ep.backend_url) if cluster.tls else None,
             )
             for ep in cluster.endpoints
         ]

@@ -7,6 +7,7 @@ from typing import Any
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import (
     address_pb2,
+    base_pb2,
     config_source_pb2,
     grpc_service_pb2,
     protocol_pb2,
@@ -22,6 +23,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from control_plane.model import GatewayModel
@@ -31,6 +33,7 @@ from control_plane.translate.edge import (
     RATE_LIMIT_FILTER,
     early_header_mutations,
 )
+from control_plane.translate.secrets import LISTENER_SECRET
 
 #: The bootstrap's static cluster to the control plane (xDS and the access log service).
 XDS_CLUSTER = "xds_cluster"
@@ -275,7 +278,22 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
                         name="envoy.filters.network.http_connection_manager",
                         typed_config=any_of(manager),
                     )
-                ]
+                ],
+                transport_socket=downstream_tls() if model.security.listener_tls else None,
             )
         ],
     )
+
+
+def downstream_tls() -> base_pb2.TransportSocket:
+    """HTTPS with the certificate from SDS (rotated without a restart); HTTP/2 or
+    HTTP/1.1 by ALPN."""
+    ctx = tls_pb2.DownstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[
+                secret_pb2.SdsSecretConfig(name=LISTENER_SECRET, sds_config=ads_source())
+            ],
+            alpn_protocols=["h2", "http/1.1"],
+        )
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=any_of(ctx))

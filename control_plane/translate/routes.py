@@ -248,9 +248,14 @@ def build_routes(model: GatewayModel, lua: str) -> list[rc.Route]:
             response_headers = [_header("x-gateway-model", c.model)]
             if model.edge.backend_header:
                 response_headers.append(_header(BACKEND_HEADER, "%UPSTREAM_REMOTE_ADDRESS%"))
+            backend_key = dict(model.security.backend_keys).get(c.model)
             routes.append(
                 rc.Route(
                     name=f"model:{c.model}" + (":convert" if convert else ""),
+                    # The backend's own key, never the client's (redacted in /snapshot).
+                    request_headers_to_add=[_header("authorization", f"Bearer {backend_key}")]
+                    if backend_key
+                    else [],
                     match=_audio_match(post, meta=meta),
                     route=_forward(model, c.cluster_name),
                     request_headers_to_remove=[]

@@ -4,8 +4,10 @@ Envoy bootstrap made from it so the real Envoy can validate what we would push."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -14,6 +16,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
@@ -23,12 +26,14 @@ from control_plane.frontend import spec_from_config
 from control_plane.model import EndpointHealth, HealthKey, build_model
 from control_plane.reconciler import fixed_addresses
 from control_plane.resources import build_snapshot, load_lua_template
+from control_plane.secrets import load_security
 from control_plane.snapshot import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     PUSH_ORDER,
     ROUTE,
+    SECRET,
     SHORT_NAMES,
     Snapshot,
     merge_for_removal,
@@ -43,14 +48,18 @@ def cases() -> list[str]:
 
 
 def _snapshot(config_path: Path, state: dict[str, Any]) -> Snapshot:
-    spec = spec_from_config(load_config(config_path))
+    config = load_config(config_path)
+    spec = spec_from_config(config)
+    # Backend keys come from the environment; a case names its own in state.yaml.
+    with mock.patch.dict(os.environ, state.get("env") or {}):
+        security = load_security(config)
     given = {url: tuple(a) for url, a in (state.get("resolved") or {}).items()}
     resolved = {**fixed_addresses(spec), **given}
     health: dict[HealthKey, EndpointHealth] = {}
     for line in state.get("health") or []:
         endpoint, model, status = line.split()
         health[(endpoint, model)] = EndpointHealth(status)
-    model = build_model(spec, resolved, health, frozenset(state.get("draining") or ()))
+    model = build_model(spec, resolved, health, frozenset(state.get("draining") or ()), security)
     return build_snapshot(model, load_lua_template())
 
 
@@ -109,6 +118,16 @@ def static_bootstrap(snap: Snapshot) -> dict[str, Any]:
                     manager.route_config.CopyFrom(routes[manager.rds.route_config_name])
                     manager.ClearField("rds")
                     f.typed_config.Pack(manager)
+            tls = tls_pb2.DownstreamTlsContext()
+            if chain.HasField("transport_socket") and chain.transport_socket.typed_config.Unpack(
+                tls
+            ):
+                # SDS over ADS becomes a static secret of the same name.
+                for sds in tls.common_tls_context.tls_certificate_sds_secret_configs:
+                    sds.ClearField("sds_config")
+                chain.transport_socket.typed_config.Pack(tls)
+    for secret in snap.select(SECRET, []):
+        boot.static_resources.secrets.add().CopyFrom(secret)
     return json_format.MessageToDict(boot, preserving_proto_field_name=True)
 
 

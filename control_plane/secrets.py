@@ -1,0 +1,241 @@
+"""Secrets from files and the environment: the listener's certificate, client API keys,
+backend keys and the CA for https backends.
+
+Read by the control plane (never by Envoy), so a rotated certificate or an edited
+key file reaches Envoy over xDS without a restart: `watch` polls the files and
+posts each good load into the reconciler; a bad edit is logged and the last good
+secrets stay. Nothing here ever logs a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from control_plane.config import ApiKeysConfig, ConfigError, GatewayConfig, TlsConfig
+from control_plane.model import Client, ListenerTls, Security, UpstreamTls
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 1.0
+MAX_KEYS = 10_000
+
+
+def _read(path: str, where: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(where, f"cannot read {path}: {e.strerror}") from e
+
+
+def _pem(path: str, where: str, marker: bytes) -> bytes:
+    data = _read(path, where)
+    if b"-----BEGIN " not in data or marker not in data:
+        raise ConfigError(where, f"{path} is not a PEM file with a {marker.decode()}")
+    return data
+
+
+def make_self_signed(tls: TlsConfig) -> bool:
+    """A self-signed certificate for localhost / 127.0.0.1 at the configured paths, when
+    they are absent (examples/secure.yaml). True when one was made."""
+    cert, key = Path(tls.cert_file), Path(tls.key_file)
+    if cert.exists() and key.exists():
+        return False
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "whisper-gateway (self-signed)")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(private, hashes.SHA256())
+    )
+    for p in (cert, key):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key.chmod(0o600)
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    log.warning("made a self-signed certificate at %s (clients must trust it or skip checks)", cert)
+    return True
+
+
+def _client(item: Any, where: str, models: set[str]) -> Client:
+    if not isinstance(item, dict):
+        raise ConfigError(where, "must be a mapping with name and key (or key_env)")
+    unknown = set(item) - {"name", "key", "key_env", "models"}
+    if unknown:
+        raise ConfigError(
+            f"{where}.{sorted(unknown)[0]}", "unknown field (allowed: key, key_env, models, name)"
+        )
+    name = item.get("name")
+    if not isinstance(name, str) or not name or any(not ("!" <= c <= "~") for c in name):
+        raise ConfigError(f"{where}.name", "must be a printable name without spaces")
+    if ("key" in item) == ("key_env" in item):
+        raise ConfigError(where, "needs exactly one of key and key_env")
+    key = item.get("key")
+    if "key_env" in item:
+        key = os.environ.get(str(item["key_env"]))
+        if not key:
+            raise ConfigError(
+                f"{where}.key_env", f"environment variable {item['key_env']} is not set"
+            )
+    return Client(
+        name, _check_key(key, f"{where}.key"), _client_models(item.get("models"), where, models)
+    )
+
+
+def _check_key(key: Any, where: str) -> str:
+    # The value is never echoed: an error names only where it is.
+    if not isinstance(key, str) or len(key) < 8 or any(not ("!" <= c <= "~") for c in key):
+        raise ConfigError(where, "must be at least 8 printable characters without spaces")
+    return key
+
+
+def _client_models(value: Any, where: str, models: set[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise ConfigError(f"{where}.models", "must be a list of model names")
+    for m in value:
+        if m not in models:
+            raise ConfigError(f"{where}.models", f"names no served model: {m!r}")
+    return tuple(value)
+
+
+def load_clients(keys: ApiKeysConfig, models: set[str]) -> tuple[Client, ...]:
+    """Every client from the key file and the environment; names and keys unique."""
+    clients: list[Client] = []
+    if keys.file is not None:
+        try:
+            doc = yaml.safe_load(_read(keys.file, "api_keys.file"))
+        except yaml.YAMLError as e:
+            raise ConfigError("api_keys.file", f"{keys.file} is not valid YAML: {e}") from e
+        items = doc.get("clients") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            raise ConfigError("api_keys.file", f"{keys.file} must hold `clients:`, a list")
+        clients += [_client(c, f"{keys.file}: clients[{i}]", models) for i, c in enumerate(items)]
+    for name, var in keys.env:
+        value = os.environ.get(var)
+        if not value:
+            raise ConfigError(f"api_keys.env.{name}", f"environment variable {var} is not set")
+        clients.append(Client(name, _check_key(value, f"api_keys.env.{name}")))
+    if len(clients) > MAX_KEYS:
+        raise ConfigError("api_keys", f"at most {MAX_KEYS} keys")
+    names, seen = set(), set()
+    for c in clients:
+        if c.name in names:
+            raise ConfigError("api_keys", f"client {c.name!r} is listed twice")
+        if c.key in seen:
+            raise ConfigError("api_keys", f"client {c.name!r} has the same key as another client")
+        names.add(c.name)
+        seen.add(c.key)
+    return tuple(clients)
+
+
+def load_security(config: GatewayConfig) -> Security:
+    """Read every secret the config names (raises ConfigError naming the field)."""
+    listener = None
+    if config.tls is not None:
+        listener = ListenerTls(
+            cert_pem=_pem(config.tls.cert_file, "tls.cert_file", b"CERTIFICATE"),
+            key_pem=_pem(config.tls.key_file, "tls.key_file", b"PRIVATE KEY"),
+        )
+    clients = None
+    if config.api_keys is not None:
+        clients = load_clients(config.api_keys, set(config.models))
+    up = config.upstream_tls
+    upstream = UpstreamTls(
+        ca_pem=_pem(up.ca_file, "upstream_tls.ca_file", b"CERTIFICATE") if up.ca_file else None,
+        cert_pem=_pem(up.cert_file, "upstream_tls.cert_file", b"CERTIFICATE")
+        if up.cert_file
+        else None,
+        key_pem=_pem(up.key_file, "upstream_tls.key_file", b"PRIVATE KEY") if up.key_file else None,
+    )
+    backend_keys = {}
+    for i, b in enumerate(config.backends):
+        if b.api_key_env:
+            key = os.environ.get(b.api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"backends[{i}].api_key_env", f"environment variable {b.api_key_env} is not set"
+                )
+            for m in b.models:
+                backend_keys[m] = key
+    return Security(listener, clients, upstream, tuple(sorted(backend_keys.items())))
+
+
+def watched_files(config: GatewayConfig) -> tuple[str, ...]:
+    files = []
+    if config.tls is not None:
+        files += [config.tls.cert_file, config.tls.key_file]
+    if config.api_keys is not None and config.api_keys.file is not None:
+        files.append(config.api_keys.file)
+    up = config.upstream_tls
+    files += [f for f in (up.ca_file, up.cert_file, up.key_file) if f]
+    return tuple(files)
+
+
+def _stamp(files: tuple[str, ...]) -> tuple[tuple[int, int] | None, ...]:
+    out: list[tuple[int, int] | None] = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+async def watch(
+    current: Callable[[], GatewayConfig],
+    publish: Callable[[Security], None],
+    interval_s: float = WATCH_INTERVAL_S,
+) -> None:
+    """Re-read the secrets whenever a watched file changes (or the config names other
+    files); a load that fails keeps the last good secrets and says why."""
+    last: tuple[tuple[str, ...], tuple[tuple[int, int] | None, ...]] | None = None
+    while True:
+        config = current()
+        files = watched_files(config)
+        now = (files, _stamp(files))
+        if last is not None and now != last:
+            try:
+                publish(load_security(config))
+                log.info("secrets reloaded from %s", ", ".join(files))
+            except ConfigError as e:
+                log.error("secrets not reloaded, the last good ones stay: %s", e)
+        last = now
+        await asyncio.sleep(interval_s)
