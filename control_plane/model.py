@@ -69,6 +69,8 @@ class Client:
     name: str
     key: str = field(repr=False)
     models: tuple[str, ...] = ()  # empty: every model
+    requests_per_s: float | None = None  # its own bucket; None: rate_limit.per_key_*
+    burst: int | None = None
 
 
 @dataclass(frozen=True)

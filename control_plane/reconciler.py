@@ -15,10 +15,14 @@ this loop, not an await in the middle of a method, so events keep flowing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import ssl
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from control_plane.cache import SnapshotCache
@@ -28,6 +32,7 @@ from control_plane.model import (
     GatewaySpec,
     HealthKey,
     Security,
+    UpstreamTls,
     build_model,
     endpoint_health,
     endpoint_key,
@@ -101,6 +106,21 @@ def endpoint_views(state: FleetState) -> list[EndpointView]:
     return list(views.values())
 
 
+@functools.lru_cache(maxsize=8)
+def probe_ssl(tls: UpstreamTls) -> ssl.SSLContext:
+    """The probes trust what Envoy trusts for https backends (one context per value,
+    so unchanged targets compare equal)."""
+    ctx = ssl.create_default_context(cadata=tls.ca_pem.decode() if tls.ca_pem else None)
+    if tls.cert_pem is not None and tls.key_pem is not None:
+        # load_cert_chain reads files only: a private temporary copy, removed at once.
+        with tempfile.TemporaryDirectory() as d:
+            cert, key = Path(d, "cert.pem"), Path(d, "key.pem")
+            cert.write_bytes(tls.cert_pem)
+            key.write_bytes(tls.key_pem)
+            ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def probe_targets(state: FleetState) -> dict[str, tuple[HealthKey, ProbeTarget]]:
     """Every (endpoint, model) of a probed backend; the first backend naming a pair wins."""
     out: dict[str, tuple[HealthKey, ProbeTarget]] = {}
@@ -118,6 +138,7 @@ def probe_targets(state: FleetState) -> dict[str, tuple[HealthKey, ProbeTarget]]
         )
         scheme = "https" if b.tls else "http"
         api_key = _env(b.api_key_env)
+        tls = probe_ssl(state.security.upstream_tls) if b.tls else None
         for address in state.resolved.get(b.url, ()):
             ep = endpoint_key(address, b.port)
             host = f"[{address}]" if ":" in address else address
@@ -131,6 +152,8 @@ def probe_targets(state: FleetState) -> dict[str, tuple[HealthKey, ProbeTarget]]
                     models=(m,),
                     api_key=api_key,
                     settings=settings,
+                    ssl_context=tls,
+                    server_hostname=None if is_ip(b.host) or not b.tls else b.host,
                 )
                 out[key] = ((ep, m), target)
     return out

@@ -95,10 +95,11 @@ def make_self_signed(tls: TlsConfig) -> bool:
 def _client(item: Any, where: str, models: set[str]) -> Client:
     if not isinstance(item, dict):
         raise ConfigError(where, "must be a mapping with name and key (or key_env)")
-    unknown = set(item) - {"name", "key", "key_env", "models"}
+    unknown = set(item) - {"name", "key", "key_env", "models", "requests_per_s", "burst"}
     if unknown:
         raise ConfigError(
-            f"{where}.{sorted(unknown)[0]}", "unknown field (allowed: key, key_env, models, name)"
+            f"{where}.{sorted(unknown)[0]}",
+            "unknown field (allowed: burst, key, key_env, models, name, requests_per_s)",
         )
     name = item.get("name")
     if not isinstance(name, str) or not name or any(not ("!" <= c <= "~") for c in name):
@@ -112,8 +113,19 @@ def _client(item: Any, where: str, models: set[str]) -> Client:
             raise ConfigError(
                 f"{where}.key_env", f"environment variable {item['key_env']} is not set"
             )
+    rate, burst = item.get("requests_per_s"), item.get("burst")
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0
+    ):
+        raise ConfigError(f"{where}.requests_per_s", f"must be a number > 0, got {rate!r}")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 1):
+        raise ConfigError(f"{where}.burst", f"must be an integer >= 1, got {burst!r}")
     return Client(
-        name, _check_key(key, f"{where}.key"), _client_models(item.get("models"), where, models)
+        name,
+        _check_key(key, f"{where}.key"),
+        _client_models(item.get("models"), where, models),
+        None if rate is None else float(rate),
+        burst,
     )
 
 

@@ -19,6 +19,7 @@ from control_plane.snapshot import (
     NAMED_TYPES,
     PUSH_ORDER,
     ROUTE,
+    SECRET,
     SHORT_NAMES,
     Snapshot,
 )
@@ -231,6 +232,8 @@ class StreamState:
                 SHORT_NAMES[t]: self.types.get(t, TypeState(t)).to_dict(
                     snap.version(t) if snap else ""
                 )
+                # SDS only when Envoy asks for it (a TLS listener); the rest always.
                 for t in PUSH_ORDER
+                if t != SECRET or t in self.types
             },
         }

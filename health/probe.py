@@ -17,6 +17,7 @@ import errno
 import functools
 import json
 import re
+import ssl
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,8 +111,13 @@ async def probe_model(
     timeout_s: float = 10.0,
     expected_word: str | None = None,
     language: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> ProbeResult:
-    """Probe one model of one backend. Never raises (except on cancellation)."""
+    """Probe one model of one backend. Never raises (except on cancellation).
+
+    An https backend is dialled by address; `server_hostname` is the name its
+    certificate is checked against (and the SNI), as Envoy does."""
     url = base_url.rstrip("/") + TRANSCRIPTIONS_PATH
     # Connection: close -> each probe opens a fresh connection, so a ServerDisconnected
     # can only mean the backend went away, never a stale keep-alive socket.
@@ -144,6 +150,8 @@ async def probe_model(
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,
+            ssl=ssl_context if ssl_context is not None else True,
+            server_hostname=server_hostname,
         ) as resp:
             body = await resp.content.read(MAX_BODY_BYTES)
             status = resp.status
@@ -195,6 +203,8 @@ async def probe_target(
             timeout_s=s.timeout_s,
             expected_word=s.expected_word,
             language=s.language,
+            ssl_context=target.ssl_context,
+            server_hostname=target.server_hostname,
         )
         total_ms += last.latency_ms
         if not last.ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -77,6 +78,10 @@ class ProbeTarget:
     models: tuple[str, ...]
     api_key: str | None = field(default=None, repr=False)  # never in logs
     settings: HealthSettings = field(default_factory=HealthSettings)
+    # https backends: the CA (and client certificate) Envoy uses, and the host name
+    # the certificate must carry (the target is dialled by address).
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    server_hostname: str | None = None
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -49,8 +50,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="ours: this server's API (subtitles, text/plain, ...); vllm: answer exactly as "
         "`vllm serve` (0.33) does, for testing against vLLM's behaviour",
     )
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (like vLLM's flag)")
+    p.add_argument("--ssl-keyfile", help="the certificate's private key")
     p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        p.error("--ssl-certfile and --ssl-keyfile go together")
+    return args
+
+
+def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.ssl_certfile:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
+    return ctx
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -84,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         create_app(config),
         host=args.host,
         port=args.port,
+        ssl_context=ssl_context(args),
         shutdown_timeout=10.0,  # our on_shutdown already spent the grace period
         handler_cancellation=True,
         access_log=None,

@@ -96,7 +96,8 @@ SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 def upstream_tls(tls: UpstreamTls, sni: str | None) -> base_pb2.TransportSocket:
     """TLS to an https backend: its host name as SNI and as the name its certificate
     must carry, the configured CA (else the system's roots, SYSTEM_CA), an optional client cert."""
-    ctx = tls_pb2.UpstreamTlsContext(sni=sni or "")
+    # SNI carries names only (RFC 6066); an address is still checked as an IP SAN.
+    ctx = tls_pb2.UpstreamTlsContext(sni=sni if sni and not is_ip(sni) else "")
     common = ctx.common_tls_context
     common.alpn_protocols.append("http/1.1")
     if tls.ca_pem is not None:

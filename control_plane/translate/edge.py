@@ -22,7 +22,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2
 
-from control_plane.model import GatewayModel
+from control_plane.model import Client, GatewayModel
 from control_plane.translate.common import any_of, seconds
 
 API_KEY_FILTER = "envoy.filters.http.api_key_auth"
@@ -96,14 +96,25 @@ def retry_after_s(per_s: float) -> int:
     return max(1, int(-(-1 // per_s))) if per_s > 0 else 1
 
 
+def _client_bucket(model: GatewayModel, c: Client) -> tuple[float, int] | None:
+    rl = model.rate_limit
+    rate = c.requests_per_s if c.requests_per_s is not None else rl.per_key_requests_per_s
+    burst = c.burst if c.burst is not None else rl.per_key_burst
+    return (rate, burst) if rate > 0 else None
+
+
 def rate_limit_config(model: GatewayModel) -> dict[str, Any]:
-    """The audio route's local rate limit, or {} when both buckets are off."""
+    """The audio route's local rate limit, or {} when no bucket is on."""
     rl = model.rate_limit
     gateway_on = rl.requests_per_s > 0
-    per_key_on = rl.per_key_requests_per_s > 0 and keys_on(model)
-    if not gateway_on and not per_key_on:
+    buckets = {
+        c.name: b
+        for c in (model.security.clients or ())
+        if (b := _client_bucket(model, c)) is not None
+    }
+    if not gateway_on and not buckets:
         return {}
-    slowest = min(r for r in (rl.requests_per_s, rl.per_key_requests_per_s) if r > 0)
+    rates = [r for r, _ in buckets.values()] + ([rl.requests_per_s] if gateway_on else [])
     full = percent_pb2.FractionalPercent(
         numerator=100, denominator=percent_pb2.FractionalPercent.DenominatorType.HUNDRED
     )
@@ -111,20 +122,22 @@ def rate_limit_config(model: GatewayModel) -> dict[str, Any]:
         stat_prefix="gateway_rate_limit",
         filter_enabled=base_pb2.RuntimeFractionalPercent(default_value=full),
         filter_enforced=base_pb2.RuntimeFractionalPercent(default_value=full),
+        # One value for every limited reply: the wait for a token of the slowest bucket.
         response_headers_to_add=[
             base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key="retry-after", value=str(retry_after_s(slowest))),
+                header=base_pb2.HeaderValue(
+                    key="retry-after", value=str(retry_after_s(min(rates)))
+                ),
                 append_action=base_pb2.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
             )
         ],
         always_consume_default_token_bucket=wrappers_pb2.BoolValue(value=gateway_on),
     )
-    if gateway_on:
-        config.token_bucket.CopyFrom(_bucket(rl.requests_per_s, rl.burst))
-    else:
-        # No gateway bucket: a bucket large enough never to limit.
-        config.token_bucket.CopyFrom(_bucket(1e6, 1_000_000))
-    if per_key_on:
+    # Without a gateway bucket: one large enough never to limit.
+    config.token_bucket.CopyFrom(
+        _bucket(rl.requests_per_s, rl.burst) if gateway_on else _bucket(1e6, 1_000_000)
+    )
+    if buckets:
         config.rate_limits.append(
             rc.RateLimit(
                 actions=[
@@ -136,15 +149,13 @@ def rate_limit_config(model: GatewayModel) -> dict[str, Any]:
                 ]
             )
         )
-        for c in model.security.clients or ():
-            config.descriptors.append(
-                ratelimit_pb2.LocalRateLimitDescriptor(
-                    entries=[
-                        ratelimit_pb2.RateLimitDescriptor.Entry(
-                            key=RATE_LIMIT_DESCRIPTOR, value=c.name
-                        )
-                    ],
-                    token_bucket=_bucket(rl.per_key_requests_per_s, rl.per_key_burst),
-                )
+    for name, (rate, burst) in sorted(buckets.items()):
+        config.descriptors.append(
+            ratelimit_pb2.LocalRateLimitDescriptor(
+                entries=[
+                    ratelimit_pb2.RateLimitDescriptor.Entry(key=RATE_LIMIT_DESCRIPTOR, value=name)
+                ],
+                token_bucket=_bucket(rate, burst),
             )
+        )
     return {RATE_LIMIT_FILTER: any_of(config)}

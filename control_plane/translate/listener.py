@@ -14,6 +14,7 @@ from envoy.config.core.v3 import (
     substitution_format_string_pb2,
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
@@ -101,6 +102,18 @@ def _status(code: int) -> accesslog_pb2.AccessLogFilter:
     )
 
 
+def _details(details: str) -> accesslog_pb2.AccessLogFilter:
+    """Matches Envoy's RESPONSE_CODE_DETAILS (no built-in filter reads them)."""
+    return accesslog_pb2.AccessLogFilter(
+        extension_filter=accesslog_pb2.ExtensionFilter(
+            name="envoy.access_loggers.extension_filters.cel",
+            typed_config=any_of(
+                cel_pb2.ExpressionFilter(expression=f"response.code_details == '{details}'")
+            ),
+        )
+    )
+
+
 def local_reply_mappers(model: GatewayModel) -> list[hcm.ResponseMapper]:
     """Envoy-made errors rewritten into the OpenAI error shape, most specific first."""
     mb = f"{model.limits.max_upload_mb:g}"
@@ -173,6 +186,15 @@ def local_reply_mappers(model: GatewayModel) -> list[hcm.ResponseMapper]:
         ),
         hcm.ResponseMapper(
             filter=_flags("OM"),
+            body_format_override=_error_format(
+                "the gateway is overloaded; retry later", "service_unavailable_error"
+            ),
+        ),
+        hcm.ResponseMapper(
+            # The overload manager's load shed point in the HTTP/1 codec ends an upload
+            # in progress with a bare 500 and no flag yet: a 503 like the one above.
+            filter=_details("overload"),
+            status_code=wrappers_pb2.UInt32Value(value=503),
             body_format_override=_error_format(
                 "the gateway is overloaded; retry later", "service_unavailable_error"
             ),
