@@ -1,9 +1,13 @@
-"""A backend that needs an API key (like `vllm serve --api-key`): the probes send the
-key from the environment variable the config names, and clients' Authorization
-headers reach the backend untouched."""
+"""Backend credentials: a backend that needs an API key (like `vllm serve --api-key`)
+gets its own key from Envoy, never the client's; the probes send the same key. An
+https backend is reached with its host name as SNI and its certificate checked
+against the configured CA, by Envoy and by the probes alike."""
 
 from __future__ import annotations
 
+import ssl
+import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +15,10 @@ import pytest
 from support.gateway import gateway_config, start_gateway
 from support.load import HELLO
 from support.procs import start_backend
+
+from control_plane.config import TlsConfig
+from control_plane.model import cluster_name
+from control_plane.secrets import make_self_signed
 
 TINY = "openai/whisper-tiny.en"
 KEY = "sk-backend-secret"
@@ -23,7 +31,7 @@ def form() -> aiohttp.FormData:
     return data
 
 
-async def test_probes_send_the_backend_key_and_clients_keys_pass_through(
+async def test_envoy_adds_the_backends_key_and_never_forwards_the_clients(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend, port = start_backend(
@@ -48,13 +56,56 @@ async def test_probes_send_the_backend_key_and_clients_keys_pass_through(
         assert b["probe"]["last_error"] is None
         url = gw.url + "/v1/audio/transcriptions"
         async with aiohttp.ClientSession() as s:
-            async with s.post(url, data=form()) as r:
-                assert r.status == 401
-                err = (await r.json())["error"]
-                assert err["code"] == 401 and "API key" in err["message"]
-            async with s.post(url, data=form(), headers={"Authorization": f"Bearer {KEY}"}) as r:
-                assert r.status == 200
-                assert "quick" in (await r.json())["text"].lower()
+            # No client key, or a wrong one: Envoy sends the backend's own key.
+            for headers in ({}, {"Authorization": "Bearer sk-client-not-for-backends"}):
+                async with s.post(url, data=form(), headers=headers) as r:
+                    assert r.status == 200, await r.text()
+                    assert "quick" in (await r.json())["text"].lower()
+            async with s.get(gw.admin_url + "/snapshot") as r:
+                assert KEY not in await r.text()  # redacted
     finally:
         gw.stop()
+        backend.stop()
+
+
+def wait_https(url: str, ctx: ssl.SSLContext, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+async def test_https_backend_with_sni_and_a_ca(tmp_path: Path) -> None:
+    cert, key = tmp_path / "backend.crt", tmp_path / "backend.key"
+    make_self_signed(TlsConfig(str(cert), str(key)))  # names localhost and 127.0.0.1
+    backend, port = start_backend(
+        tmp_path,
+        extra=("--ssl-certfile", str(cert), "--ssl-keyfile", str(key)),
+        env={"HF_HUB_OFFLINE": "1"},
+        wait=False,
+    )
+    trust = ssl.create_default_context(cafile=str(cert))
+    url = f"https://localhost:{port}"
+    gw = None
+    try:
+        wait_https(url + "/health", trust)
+        gw = start_gateway(
+            tmp_path / "gw",
+            gateway_config([{"url": url, "models": [TINY]}], upstream_tls={"ca_file": str(cert)}),
+        )
+        gw.wait_backends()  # the probes checked the certificate against the CA
+        async with aiohttp.ClientSession() as s:
+            async with s.post(gw.url + "/v1/audio/transcriptions", data=form()) as r:
+                assert r.status == 200, await r.text()
+                assert "quick" in (await r.json())["text"].lower()
+        assert (gw.envoy_stat(f"cluster.{cluster_name(TINY)}.ssl.handshake") or 0) >= 1
+    finally:
+        if gw is not None:
+            gw.stop()
         backend.stop()

@@ -14,6 +14,7 @@ from envoy.config.core.v3 import (
     substitution_format_string_pb2,
 )
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
@@ -91,6 +92,16 @@ def _flags(*flags: str) -> accesslog_pb2.AccessLogFilter:
     )
 
 
+def _no_header(name: str) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(
+        header_filter=accesslog_pb2.HeaderFilter(
+            header=route_components_pb2.HeaderMatcher(
+                name=name, present_match=True, invert_match=True
+            )
+        )
+    )
+
+
 def _status(code: int) -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(
         status_code_filter=accesslog_pb2.StatusCodeFilter(
@@ -119,6 +130,19 @@ def local_reply_mappers(model: GatewayModel) -> list[hcm.ResponseMapper]:
     mb = f"{model.limits.max_upload_mb:g}"
     which = f"model %REQ({MODEL_HEADER})%"
     return [
+        # The audio route's own cluster has no hosts: reached only when the Lua filter
+        # failed before it chose a model. Fail closed, and say so.
+        hcm.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(
+                and_filter=accesslog_pb2.AndFilter(filters=[_flags("UH"), _no_header(MODEL_HEADER)])
+            ),
+            status_code=wrappers_pb2.UInt32Value(value=500),
+            body_format_override=_error_format(
+                "the gateway could not read this request's model (an internal error); "
+                "nothing was sent to a backend",
+                "server_error",
+            ),
+        ),
         hcm.ResponseMapper(
             filter=_flags("UH"),
             body_format_override=_error_format(
