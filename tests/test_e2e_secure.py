@@ -253,3 +253,30 @@ def test_no_key_in_the_admin_api_or_logs(secure: Gateway) -> None:
         for client, key in KEYS.items():
             assert key not in text, f"{client}'s key in {where}"
         assert key_pem not in text, f"the private key in {where}"
+
+
+async def test_gateway_wide_rate_limit_without_keys(tmp_path: Path, tiny_url: str) -> None:
+    """One bucket for the whole gateway: past its burst, 429 with Retry-After."""
+    gw = start_gateway(
+        tmp_path / "gw",
+        gateway_config(
+            [{"url": tiny_url, "models": [TINY]}],
+            rate_limit={"requests_per_s": 0.05, "burst": 2},
+        ),
+    )
+    try:
+        gw.wait_synced()
+        got = []
+        async with aiohttp.ClientSession() as s:
+            for _ in range(4):
+                async with s.post(gw.url + TRANSCRIBE, data=b"{}", headers=NOT_MULTIPART) as r:
+                    got.append(r.status)
+                    if r.status == 429:
+                        openai_error(await r.json(), 429)
+                        assert r.headers["Retry-After"] == "20"
+            # Only the audio route is limited: the model list still answers.
+            async with s.get(gw.url + "/v1/models") as r:
+                assert r.status == 200
+        assert got == [400, 400, 429, 429]
+    finally:
+        gw.stop()

@@ -51,6 +51,7 @@ ACCESS_LOG_FORMAT = {
     "method": "%REQ(:METHOD)%",
     "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
     "model": "%REQ(X-GATEWAY-MODEL)%",
+    "client": "%REQ(X-GATEWAY-CLIENT)%",  # the API key's client name, never the key
     "status": "%RESPONSE_CODE%",
     "flags": "%RESPONSE_FLAGS%",
     "details": "%RESPONSE_CODE_DETAILS%",
