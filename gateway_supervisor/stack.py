@@ -118,11 +118,16 @@ async def run(opts: Options, run_dir: Path) -> int:
                 say(f"{spec.name} is not ready; see {spec.name}.log", err=True)
         lst = config.listener
         host = "127.0.0.1" if lst.address in ("0.0.0.0", "::") else lst.address
+        scheme = "https" if config.tls else "http"
+        curl = f"curl --cacert {config.tls.cert_file}" if config.tls else "curl"
+        if config.api_keys is not None:
+            curl += ' -H "Authorization: Bearer $KEY"'
         print(
             f"""
 whisper-gateway is up.
-  OpenAI endpoint : http://{host}:{lst.port}/v1   (models: {", ".join(config.models)})
-  try             : curl http://{host}:{lst.port}/v1/audio/transcriptions \\
+  OpenAI endpoint : {scheme}://{host}:{lst.port}/v1   (models: {", ".join(config.models)})
+  try             : {curl} \\
+                      {scheme}://{host}:{lst.port}/v1/audio/transcriptions \\
                       -F file=@tests/fixtures/hello.wav -F model={config.models[0]} \\
                       -F response_format=json -F language=en
   control plane   : {admin}/status  /backends  /snapshot
