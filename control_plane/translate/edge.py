@@ -19,6 +19,7 @@ from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     header_mutation_pb2 as early,
 )
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2
 
@@ -40,14 +41,23 @@ def keys_on(model: GatewayModel) -> bool:
 
 
 def early_header_mutations() -> list[extension_pb2.TypedExtensionConfig]:
-    """Removes our internal headers before the route is chosen (HCM early mutation)."""
+    """Removes our internal headers and every client x-envoy-* header before the route
+    is chosen (HCM early mutation)."""
     return [
         extension_pb2.TypedExtensionConfig(
             name="envoy.http.early_header_mutation.header_mutation",
             typed_config=any_of(
                 early.HeaderMutation(
                     mutations=[
-                        mutation_rules_pb2.HeaderMutation(remove=h) for h in INTERNAL_HEADERS
+                        *(mutation_rules_pb2.HeaderMutation(remove=h) for h in INTERNAL_HEADERS),
+                        # Every x-envoy-* header a client sends (x-envoy-retry-on,
+                        # x-envoy-max-retries, ...): Envoy honours them from clients it
+                        # deems internal, and loopback peers are.
+                        mutation_rules_pb2.HeaderMutation(
+                            remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
+                                key_matcher=string_pb2.StringMatcher(prefix="x-envoy-")
+                            )
+                        ),
                     ]
                 )
             ),

@@ -275,7 +275,7 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
         max_request_headers_kb=wrappers_pb2.UInt32Value(value=model.edge.max_request_headers_kb),
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
             max_headers_count=wrappers_pb2.UInt32Value(value=model.edge.max_headers_count),
-            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.HeadersWithUnderscoresAction.REJECT_REQUEST,
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.HeadersWithUnderscoresAction.DROP_HEADER,
         ),
         always_set_request_id_in_response=True,
         local_reply_config=hcm.LocalReplyConfig(mappers=local_reply_mappers(model)),
