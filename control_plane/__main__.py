@@ -18,17 +18,22 @@ import sys
 from control_plane.bootstrap import build_bootstrap
 from control_plane.cli import Options, UsageError, emit, parse, setup_logging
 from control_plane.config import ConfigError, GatewayConfig, dump_config, load_config
+from control_plane.planes import exposure_warnings, where
 
 log = logging.getLogger("control_plane")
 
 
 async def _serve(config: GatewayConfig, config_path: str | None) -> None:
-    from control_plane.admin import start_admin
+    from control_plane.admin import start_admin, stop_admin
     from control_plane.app import ControlPlane
 
+    for warning in exposure_warnings(config):
+        log.warning("%s", warning)
     runtime = ControlPlane(config, config_path=config_path)
     await runtime.start()
-    runner = await start_admin(runtime, config.admin.address, config.admin.port)
+    admin = config.admin
+    runner = await start_admin(runtime, admin.address, admin.port, admin.unix_socket)
+    log.info("admin API on %s", where(admin))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -50,7 +55,7 @@ async def _serve(config: GatewayConfig, config_path: str | None) -> None:
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, _on_hup)
     await stop.wait()
-    await runner.cleanup()
+    await stop_admin(runner, admin.unix_socket)
     await runtime.stop()
 
 
@@ -63,6 +68,8 @@ def run_tool(opts: Options) -> int | None:
     if opts.command == "check" or opts.dry_run:
         for note in opts.notes:
             print(f"# {note}", file=sys.stderr)
+        for warning in exposure_warnings(opts.config):
+            print(f"# WARNING {warning}", file=sys.stderr)
         emit(dump_config(opts.config), opts.output)
         return 0
     return None

@@ -1,9 +1,12 @@
 """The control plane's admin HTTP API: what every Envoy was sent, ACKed and NACKed,
-the published snapshot, and each backend endpoint's health. Bind it to loopback."""
+the published snapshot, and each backend endpoint's health. It asks no credentials: bind
+it to loopback or a Unix socket (see planes.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from control_plane.app import ControlPlane
 from control_plane.config import ConfigError, load_config
 from control_plane.metrics import make_registry
+from control_plane.planes import restrict_socket
 from control_plane.reconciler import target_key
 from control_plane.router_metrics import HostUsage, read_live, render, server_url
 from control_plane.snapshot import snapshot_json
@@ -135,8 +139,23 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
     return app
 
 
-async def start_admin(cp: ControlPlane, address: str, port: int) -> web.AppRunner:
+async def start_admin(
+    cp: ControlPlane, address: str, port: int, unix_socket: str | None = None
+) -> web.AppRunner:
+    """The admin API on address:port, or only on `unix_socket` when given."""
     runner = web.AppRunner(make_admin_app(cp), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, address, port).start()
+    if unix_socket is None:
+        await web.TCPSite(runner, address, port).start()
+        return runner
+    await web.UnixSite(runner, unix_socket).start()
+    restrict_socket(unix_socket)
     return runner
+
+
+async def stop_admin(runner: web.AppRunner, unix_socket: str | None = None) -> None:
+    """Stop serving; a Unix socket's file goes too (asyncio leaves it behind)."""
+    await runner.cleanup()
+    if unix_socket is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(unix_socket)

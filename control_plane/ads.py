@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.cache import SnapshotCache
+from control_plane.config import HostPort, PlaneTlsConfig
+from control_plane.planes import restrict_socket, where
 from control_plane.stream_state import Response, StreamState
 
 log = logging.getLogger("control_plane.ads")
@@ -157,14 +160,40 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 return False
 
 
+def server_credentials(tls: PlaneTlsConfig) -> grpc.ServerCredentials:
+    """Mutual TLS: our certificate, and only clients (Envoy) whose certificate the CA signed."""
+    files = (tls.key_file, tls.cert_file, tls.ca_file)
+    key, cert, ca = (Path(f).read_bytes() for f in files)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def _bind(server: grpc.aio.Server, target: str, tls: PlaneTlsConfig | None) -> None:
+    """Listen on `target` (`host:port` or `unix:/path`); OSError naming it if we cannot."""
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(target)
+        else:
+            bound = server.add_secure_port(target, server_credentials(tls))
+    except RuntimeError as e:  # grpc's way of saying EADDRINUSE, ENOENT, EACCES
+        raise OSError(f"cannot listen for xDS on {target}: {e}") from e
+    if bound == 0:
+        raise OSError(f"cannot listen for xDS on {target}")
+
+
 async def serve(
     cache: SnapshotCache,
     address: str,
     port: int,
     on_ack: Callable[[], None] | None = None,
     more: Callable[[grpc.aio.Server], None] | None = None,
+    unix_socket: str | None = None,
+    tls: PlaneTlsConfig | None = None,
 ) -> tuple[grpc.aio.Server, AdsServer]:
-    """ADS (and, through `more`, other services on the same port) on grpc.aio."""
+    """ADS (and, through `more`, other services on the same port) on grpc.aio, on
+    address:port, or only on `unix_socket` when given (Envoy dials it as a pipe);
+    with `tls`, only over mutual TLS."""
     server = grpc.aio.server(
         options=[
             ("grpc.keepalive_time_ms", 30_000),
@@ -178,8 +207,8 @@ async def serve(
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
     if more is not None:
         more(server)
-    bound = server.add_insecure_port(f"{address}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen for xDS on {address}:{port}")
+    _bind(server, where(HostPort(address, port, unix_socket)), tls)
     await server.start()
+    if unix_socket is not None:
+        restrict_socket(unix_socket)
     return server, ads

@@ -22,6 +22,7 @@ from control_plane.config import GatewayConfig
 from control_plane.discovery import Resolver, is_ip, resolve
 from control_plane.frontend import spec_from_config
 from control_plane.model import EndpointHealth, GatewaySpec
+from control_plane.planes import where
 from control_plane.reconciler import (
     EndpointView,
     FleetState,
@@ -196,6 +197,8 @@ class ControlPlane:
             self.xds_address.port,
             self.reconciler.on_ack,
             lambda server: als.register(server, self.access_log),
+            unix_socket=self.xds_address.unix_socket,
+            tls=self.xds_address.tls,
         )
         self.reconciler.acked = self.ads.all_acked
         self.tasks.spawn(
@@ -207,9 +210,8 @@ class ControlPlane:
         if not all(is_ip(b.host) for b in spec.backends) or self.resolver is not resolve:
             self.tasks.spawn("dns", self._resolve_loop)
         log.info(
-            "xDS (ADS) on %s:%d; models: %s",
-            self.xds_address.address,
-            self.xds_address.port,
+            "xDS (ADS) on %s; models: %s",
+            where(self.xds_address),
             ", ".join(spec.models),
         )
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from control_plane.config import EdgeConfig, GatewayConfig
+from control_plane.config import EdgeConfig, GatewayConfig, PlaneTlsConfig
 from control_plane.discovery import is_ip
 from control_plane.translate.listener import XDS_CLUSTER
 
@@ -120,11 +120,41 @@ def overload_manager(edge: EdgeConfig) -> dict[str, Any]:
     }
 
 
+def _xds_address(config: GatewayConfig, host: str) -> dict[str, Any]:
+    """The control plane's Unix socket (`xds.unix_socket`), else host and port."""
+    if config.xds.unix_socket is not None:
+        return {"pipe": {"path": config.xds.unix_socket}}
+    return {"socket_address": {"address": host, "port_value": config.xds.port}}
+
+
+def _xds_tls(tls: PlaneTlsConfig) -> dict[str, Any]:
+    """Envoy's side of mutual TLS on xDS: its client certificate, and the CA the control
+    plane's certificate must chain to. Envoy reads the files itself."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"{_TYPE}extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.client_cert_file},
+                        "private_key": {"filename": tls.client_key_file},
+                    }
+                ],
+                "validation_context": {"trusted_ca": {"filename": tls.ca_file}},
+            },
+        },
+    }
+
+
 def _xds_cluster(config: GatewayConfig, host: str) -> dict[str, Any]:
     """The static cluster to the control plane (ADS and the access log service)."""
+    static = config.xds.unix_socket is not None or is_ip(host)
+    tls = {} if config.xds.tls is None else {"transport_socket": _xds_tls(config.xds.tls)}
     return {
         "name": XDS_CLUSTER,
-        "type": "STATIC" if is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -139,22 +169,10 @@ def _xds_cluster(config: GatewayConfig, host: str) -> dict[str, Any]:
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
             "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": host,
-                                        "port_value": config.xds.port,
-                                    }
-                                }
-                            }
-                        }
-                    ]
-                }
+                {"lb_endpoints": [{"endpoint": {"address": _xds_address(config, host)}}]}
             ],
         },
+        **tls,
     }
 
 
@@ -165,7 +183,7 @@ def build_bootstrap(
 
     `xds_host` is where Envoy dials the control plane when that is not the
     address it binds (another container, a Service name); a name is resolved
-    by Envoy (STRICT_DNS).
+    by Envoy (STRICT_DNS). With `xds.unix_socket` Envoy dials that path instead.
     """
     host = xds_host or config.xds.address
     ads = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "15s"}

@@ -28,6 +28,9 @@ POLICIES = ("least_request", "round_robin")
 STREAM_FORMATS = ("openai", "backend", "text")
 BACKEND_TYPES = ("transcription",)
 LAUNCH_KINDS = ("cpu",)
+#: The planes that may listen on a Unix socket (Envoy and operators dial them).
+UNIX_PLANES = ("xds", "admin")
+UNIX_PATH_MAX = 107  # bytes: sockaddr_un's sun_path less its NUL
 
 
 class ConfigError(ValueError):
@@ -45,9 +48,26 @@ def _bound(default: Any, minimum: float | None = None, maximum: float | None = N
 
 
 @dataclass(frozen=True)
+class PlaneTlsConfig:
+    """Mutual TLS on xDS: the control plane's certificate, the CA that signs both sides,
+    and the client certificate Envoy presents (its bootstrap names these files, so the
+    paths must hold on Envoy's side too). Read at start: a new certificate needs a restart."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    client_cert_file: str
+    client_key_file: str
+
+
+@dataclass(frozen=True)
 class HostPort:
     address: str
     port: int
+    # xds and admin only: a Unix socket path used instead of address:port. No TCP port
+    # is opened, and the socket file's permissions decide who may connect.
+    unix_socket: str | None = None
+    tls: PlaneTlsConfig | None = None  # xds only: mutual TLS
 
 
 @dataclass(frozen=True)
@@ -277,11 +297,27 @@ def _section(cls: type[T], data: Any, path: str, base: T | None = None) -> T:
     return cls(**values)
 
 
-def _host_port(data: Any, path: str) -> HostPort:
+def _unix_socket(value: Any, where: str, base: Path) -> str:
+    """A socket path, absolute, short enough for the kernel's sockaddr_un."""
+    path = _path(value, where, base)
+    if len(path.encode()) > UNIX_PATH_MAX:
+        raise ConfigError(
+            where, f"a Unix socket path is at most {UNIX_PATH_MAX} bytes, got {path!r}"
+        )
+    return path
+
+
+def _host_port(data: Any, path: str, base: Path) -> HostPort:
     default = _FIELDS[path].default
     assert isinstance(default, HostPort)
     d = _mapping(data, path)
-    _no_unknown(d, {"address", "port"}, path)
+    allowed = {"address", "port"}
+    allowed |= {"unix_socket"} if path in UNIX_PLANES else set()
+    allowed |= {"tls"} if path == "xds" else set()
+    _no_unknown(d, allowed, path)
+    unix = d.get("unix_socket")
+    unix_socket = None if unix is None else _unix_socket(unix, f"{path}.unix_socket", base)
+    tls = None if d.get("tls") is None else _plane_tls(d["tls"], f"{path}.tls", base)
     address = d.get("address", default.address)
     if not isinstance(address, str):
         raise ConfigError(f"{path}.address", f"must be an IP address, got {address!r}")
@@ -294,7 +330,7 @@ def _host_port(data: Any, path: str) -> HostPort:
         raise ConfigError(f"{path}.port", f"must be an integer, got {port!r}")
     if not 1 <= port <= 65535:
         raise ConfigError(f"{path}.port", f"must be in 1..65535, got {port}")
-    return HostPort(address, port)
+    return HostPort(address, port, unix_socket, tls)
 
 
 def _url(d: Mapping[str, Any], path: str) -> str:
@@ -419,6 +455,12 @@ def _paths(
     }
 
 
+def _plane_tls(data: Any, path: str, base: Path) -> PlaneTlsConfig:
+    names = tuple(f.name for f in dataclasses.fields(PlaneTlsConfig))
+    _no_unknown(_mapping(data, path), set(names), path)
+    return PlaneTlsConfig(**_paths(data, path, base, names, ()))
+
+
 def _tls(data: Any, base: Path) -> TlsConfig | None:
     if data is None:
         return None
@@ -499,10 +541,10 @@ def parse_config(data: Any, base_dir: str | Path | None = None) -> GatewayConfig
         if n in d
     }
     cfg = GatewayConfig(
-        listener=_host_port(d.get("listener"), "listener"),
-        envoy_admin=_host_port(d.get("envoy_admin"), "envoy_admin"),
-        xds=_host_port(d.get("xds"), "xds"),
-        admin=_host_port(d.get("admin"), "admin"),
+        listener=_host_port(d.get("listener"), "listener", base),
+        envoy_admin=_host_port(d.get("envoy_admin"), "envoy_admin", base),
+        xds=_host_port(d.get("xds"), "xds", base),
+        admin=_host_port(d.get("admin"), "admin", base),
         limits=_section(LimitsConfig, d.get("limits"), "limits"),
         routing=routing,
         outlier=_section(OutlierConfig, d.get("outlier"), "outlier"),
@@ -517,12 +559,15 @@ def parse_config(data: Any, base_dir: str | Path | None = None) -> GatewayConfig
         upstream_tls=_upstream_tls(d.get("upstream_tls"), base),
         **top,
     )
-    used: dict[tuple[str, int], str] = {}
+    used: dict[tuple[str, int] | str, str] = {}
     for name in ("listener", "envoy_admin", "xds", "admin"):
         hp = getattr(cfg, name)
-        if (hp.address, hp.port) in used:
-            raise ConfigError(f"{name}.port", f"same address as {used[(hp.address, hp.port)]}")
-        used[(hp.address, hp.port)] = name
+        # A plane on a Unix socket opens no port: only its path must be its own.
+        key: tuple[str, int] | str = hp.unix_socket or (hp.address, hp.port)
+        where = "unix_socket" if hp.unix_socket else "port"
+        if key in used:
+            raise ConfigError(f"{name}.{where}", f"same address as {used[key]}")
+        used[key] = name
     return cfg
 
 

@@ -65,7 +65,7 @@ def spec_from_config(config: GatewayConfig) -> GatewaySpec:
         retry_on_reset=config.routing.retry_on_reset,
         backends=tuple(_backend(b) for b in config.backends),
         dns_refresh_s=config.dns_refresh_s,
-        admin_api=Listen(config.admin.address, config.admin.port),
+        admin_api=Listen(config.admin.address, config.admin.port, config.admin.unix_socket),
         public_router_endpoints=config.public_router_endpoints,
         version=version(),
         stream_formats=config.stream_formats,

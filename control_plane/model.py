@@ -32,6 +32,7 @@ class EndpointHealth(StrEnum):
 class Listen:
     address: str
     port: int
+    unix_socket: str | None = None  # instead of address:port (config HostPort.unix_socket)
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,19 @@ import aiohttp
 from control_plane.bootstrap import build_bootstrap, envoy_command
 from control_plane.cli import Options, UsageError, parse
 from control_plane.config import GatewayConfig, dump_config
+from control_plane.planes import exposure_warnings
 from gateway_supervisor.supervisor import ChildSpec, Supervisor, say
 
 
-async def wait_http(url: str, timeout: float, sup: Supervisor, name: str) -> bool:
-    """Until GET url answers 200, or `timeout`; a child that restarts meanwhile is fine."""
+async def wait_http(
+    url: str, timeout: float, sup: Supervisor, name: str, unix_socket: str | None = None
+) -> bool:
+    """Until GET url answers 200, or `timeout`; a child that restarts meanwhile is fine.
+    With `unix_socket`, the request goes to that socket (the URL gives only the path)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    async with aiohttp.ClientSession() as session:
+    connector = aiohttp.UnixConnector(path=unix_socket) if unix_socket else None
+    async with aiohttp.ClientSession(connector=connector) as session:
         while loop.time() < deadline:
             if sup.children[name].crash_looping:
                 return False
@@ -89,6 +94,8 @@ async def run(opts: Options, run_dir: Path) -> int:
         config_path = opts.config_path
     for note in opts.notes:
         say(note)
+    for warning in exposure_warnings(config):
+        say(warning, err=True)
     sup = Supervisor(run_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,7 +108,10 @@ async def run(opts: Options, run_dir: Path) -> int:
             await sup.start(spec)
         await sup.start(control_plane_spec(opts, config_path))
         admin = f"http://{config.admin.address}:{config.admin.port}"
-        if not await wait_http(f"{admin}/healthz", 60, sup, "control-plane"):
+        if config.admin.unix_socket:  # the banner shows how to reach it
+            admin = f"curl --unix-socket {config.admin.unix_socket} http://localhost"
+        healthz = "http://localhost/healthz" if config.admin.unix_socket else f"{admin}/healthz"
+        if not await wait_http(healthz, 60, sup, "control-plane", config.admin.unix_socket):
             say("the control plane did not come up; see control-plane.log", err=True)
             return 1
         bootstrap = run_dir / "envoy-bootstrap.json"

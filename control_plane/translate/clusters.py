@@ -15,6 +15,7 @@ from control_plane.model import (
     ADMIN_CLUSTER,
     UNROUTED_CLUSTER,
     GatewayModel,
+    Listen,
     ModelCluster,
     UpstreamTls,
 )
@@ -138,9 +139,18 @@ def _unrouted_cluster(model: GatewayModel) -> cluster_pb2.Cluster:
     )
 
 
+def _admin_address(api: Listen) -> address_pb2.Address:
+    """Where Envoy reaches the admin API: its Unix socket, else its address and port."""
+    if api.unix_socket is not None:
+        return address_pb2.Address(pipe=address_pb2.Pipe(path=api.unix_socket))
+    address = "127.0.0.1" if api.address == "0.0.0.0" else api.address
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=address, port_value=api.port)
+    )
+
+
 def _admin_cluster(model: GatewayModel) -> cluster_pb2.Cluster:
     """The control plane's admin API, for the router's /metrics and /engines."""
-    address = "127.0.0.1" if model.admin_api.address == "0.0.0.0" else model.admin_api.address
     return cluster_pb2.Cluster(
         name=ADMIN_CLUSTER,
         type=cluster_pb2.Cluster.DiscoveryType.STATIC,
@@ -152,11 +162,7 @@ def _admin_cluster(model: GatewayModel) -> cluster_pb2.Cluster:
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(
                             endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(
-                                        address=address, port_value=model.admin_api.port
-                                    )
-                                )
+                                address=_admin_address(model.admin_api)
                             )
                         )
                     ]
