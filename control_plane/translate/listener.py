@@ -166,6 +166,19 @@ def local_reply_mappers(model: GatewayModel) -> list[hcm.ResponseMapper]:
                 "server_error",
             ),
         ),
+        # A stall before the model was read (the upload itself stalled).
+        hcm.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(
+                and_filter=accesslog_pb2.AndFilter(
+                    filters=[_flags("UT", "SI"), _no_header(MODEL_HEADER)]
+                )
+            ),
+            body_format_override=_error_format(
+                "the request stalled past the idle timeout "
+                f"({model.limits.idle_timeout_s:g} s without a byte) and was ended",
+                "timeout_error",
+            ),
+        ),
         hcm.ResponseMapper(
             filter=_flags("UT", "SI"),
             body_format_override=_error_format(
