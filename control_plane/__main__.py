@@ -10,15 +10,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from control_plane.bootstrap import build_bootstrap
 from control_plane.cli import Options, UsageError, emit, parse, setup_logging
 from control_plane.config import ConfigError, GatewayConfig, dump_config, load_config
 from control_plane.planes import exposure_warnings, where
+from control_plane.secrets import load_security
 
 log = logging.getLogger("control_plane")
 
@@ -70,6 +73,17 @@ def run_tool(opts: Options) -> int | None:
             print(f"# {note}", file=sys.stderr)
         for warning in exposure_warnings(opts.config):
             print(f"# WARNING {warning}", file=sys.stderr)
+        tls = opts.config.tls
+        if tls is not None and tls.self_signed and not Path(tls.cert_file).exists():
+            print(f"# a self-signed certificate will be made at {tls.cert_file}", file=sys.stderr)
+            config = dataclasses.replace(opts.config, tls=None)
+        else:
+            config = opts.config
+        try:
+            load_security(config)  # key files, certificates, backend keys: as at start
+        except ConfigError as e:
+            print(f"control_plane: {e}", file=sys.stderr)
+            return 2
         emit(dump_config(opts.config), opts.output)
         return 0
     return None
@@ -88,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     for note in opts.notes:
         log.info("%s", note)
     path = str(opts.config_path) if opts.config_path is not None else None
-    asyncio.run(_serve(opts.config, path))
+    try:
+        asyncio.run(_serve(opts.config, path))
+    except ConfigError as e:  # a secret the config names cannot be read
+        log.error("%s", e)
+        return 2
     return 0
 
 

@@ -185,3 +185,20 @@ def test_examples_secure_yaml_loads(tmp_path: Path) -> None:
     assert make_self_signed(tls)
     clients = load_security(dataclasses.replace(cfg, tls=tls)).clients or ()
     assert {c.name for c in clients} == {"demo", "tiny-only"}
+
+
+def test_check_reads_the_secrets_and_start_refuses_a_missing_key_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "gw.yaml"
+    bad.write_text(yaml.safe_dump(doc(api_keys={"file": "missing-keys.yaml"})))
+    for argv in (["check", "--config", str(bad)], ["--config", str(bad)]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "control_plane", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "config error at api_keys.file: cannot read" in proc.stderr
