@@ -114,6 +114,7 @@ def test_records_change_added_get_traffic_removed_drain(ns: str, tmp_path: Path)
         "health": {"interval_s": 1.0, "timeout_s": 10.0, "healthy_threshold": 1},
         "dns_refresh_s": 1.0,
         "backends": [{"url": f"http://fleet.test:{PORT}", "models": [MODEL]}],
+        "edge": {"backend_header": True},  # which address served each request
     }
     cfg = parse_config(doc)
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(doc))
