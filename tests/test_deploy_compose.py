@@ -13,7 +13,8 @@ There is no Docker engine on the build machine. What is checked instead:
    read from the compose file and started as local processes with the mounted config
    (envoy-bootstrap first; then control-plane and the backends, one process per
    service, not per replica; Envoy once its `depends_on` conditions hold), then the
-   README's requests through Envoy's listener.
+   README's requests through Envoy's listener, with the client key from compose/.env
+   (and without it: 401, while /health and /version still answer).
 
 In 3, this is the only rewriting, all of it mechanical:
 - addresses: each service gets its own loopback address (127.0.0.x). A service name
@@ -24,6 +25,8 @@ In 3, this is the only rewriting, all of it mechanical:
   places. Both are applied to a rewritten copy of compose/gateway.yaml, which is what
   the services get at the config's mount path;
 - paths: a mount target becomes the local file, or a temporary folder for a named volume;
+- environment: `${VAR}`, `${VAR:?message}` and `${VAR:-default}` are interpolated from
+  compose/.env, as `docker compose` does (nothing is taken from this shell);
 - programs: `python` -> this venv's python, `whisper-backend` -> the venv's
   whisper-backend, `envoy` -> control_plane.bootstrap.ENVOY (`bash` stays bash);
 - Envoy also gets `--base-id N`: its hot-restart shared memory is per container under
@@ -57,6 +60,7 @@ from support.procs import FIXTURES, PYTHON, ROOT, Proc, free_port
 
 from control_plane.bootstrap import ENVOY, envoy_command
 from control_plane.config import load_config, parse_config
+from control_plane.secrets import load_security
 
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -104,11 +108,43 @@ def mounts(svc: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def dotenv() -> dict[str, str]:
+    """compose/.env's `NAME=value` lines (the subset it uses: no quotes, no `export`)."""
+    out = {}
+    for raw in (COMPOSE_DIR / ".env").read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep and re.fullmatch(r"[A-Z_][A-Z0-9_]*", name), f".env: {raw!r}"
+            out[name] = value
+    return out
+
+
+_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:[?-])([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's interpolation of `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR:?error}`."""
+
+    def one(m: re.Match[str]) -> str:
+        if m[0] == "$$":
+            return "$"
+        name = m[1] or m[4]
+        got = variables.get(name, "")
+        if m[2] == ":?" and not got:
+            raise AssertionError(f"docker compose would stop: {name}: {m[3]}")
+        return got or (m[3] if m[2] == ":-" else "")
+
+    return _VAR.sub(one, value)
+
+
 def environment(svc: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as compose sets it, interpolated from compose/.env."""
     env = svc.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+    variables = dotenv()
+    return {str(k): interpolate(str(v), variables) for k, v in env.items()}
 
 
 def role(svc: dict[str, Any]) -> str:
@@ -221,8 +257,31 @@ def test_compose_file_passes_the_compose_spec_schema() -> None:
     ]
     assert not errors, "\n".join(errors)
     assert "version" not in doc, "the compose spec dropped `version:`"
-    env = (COMPOSE_DIR / ".env").read_text().splitlines()
-    assert "COMPOSE_PROFILES=cpu" in env, "plain `docker compose up` must bring the CPU stack"
+    env = dotenv()
+    assert env["COMPOSE_PROFILES"] == "cpu", "plain `docker compose up` must bring the CPU stack"
+
+
+def test_api_keys_come_from_compose_env() -> None:
+    """Keys on: one client whose key is compose/.env's GATEWAY_API_KEY, given to the
+    control plane only (it reads keys; Envoy gets them over xDS), and refused by
+    `docker compose up` when unset instead of starting a gateway no one can call."""
+    doc = compose()
+    services = doc["services"]
+    cp = service_with(doc, "control-plane")
+    config = load_config(config_source(services[cp])[0])
+    assert config.api_keys is not None and config.api_keys.file is None
+    ((client, var),) = config.api_keys.env
+    assert re.fullmatch(rf"\$\{{{var}:\?[^}}]+\}}", services[cp]["environment"][var])
+    holders = [n for n, s in services.items() if var in (s.get("environment") or {})]
+    assert holders == [cp], "the key is in the control plane's environment only"
+    key = environment(services[cp])[var]
+    assert "CHANGE-ME" in key, "the example key says to replace it"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(var, key)
+        (got,) = load_security(config).clients or ()
+    assert (got.name, got.key, got.models) == (client, key, ())
+    with pytest.raises(AssertionError, match=f"would stop: {var}"):
+        interpolate(services[cp]["environment"][var], {})
 
 
 def test_gateway_config_loads_and_names_the_services() -> None:
@@ -520,12 +579,33 @@ def wait_healthy(name: str, argv: list[str], proc: Proc, timeout: float) -> None
     )
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
+def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
         return json.loads(r.read())
 
 
-def post_form(url: str, audio: Path, **fields: str) -> tuple[int, dict[str, str], bytes]:
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """GET: the status and body, error statuses included."""
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=5
+        ) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def openai_error(body: bytes, status: int) -> dict[str, Any]:
+    """The gateway's error body: OpenAI's `{"error": {...}}`, code = the status."""
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert err["code"] == status, err
+    return dict(err)
+
+
+def post_form(
+    url: str, audio: Path, headers: dict[str, str] | None = None, **fields: str
+) -> tuple[int, dict[str, str], bytes]:
     boundary = uuid.uuid4().hex
     body = io.BytesIO()
     for key, value in fields.items():
@@ -541,7 +621,7 @@ def post_form(url: str, audio: Path, **fields: str) -> tuple[int, dict[str, str]
     request = urllib.request.Request(
         url,
         data=body.getvalue(),
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})},
         method="POST",
     )
     try:
@@ -620,10 +700,31 @@ def test_cpu_services_run_as_processes_and_serve(tmp_path: Path) -> None:
         assert len(cpu_urls) == 2
         wait_routable(net.url(cp, config.admin.port), cpu_urls, 60)
         listener = net.url(envoy, config.listener.port)
+        # The README's requests carry the key of compose/.env, as a client's would.
+        assert config.api_keys is not None
+        ((_, var),) = config.api_keys.env
+        auth = {"Authorization": f"Bearer {environment(services[cp])[var]}"}
+
+        # Without it, or with another: 401 in OpenAI's shape, before any backend works.
+        for wrong in ({}, {"Authorization": "Bearer sk-not-the-compose-key-0000"}):
+            status, headers, body = post_form(
+                f"{listener}/v1/audio/transcriptions", FIXTURES / "hello.wav", wrong, model=TINY
+            )
+            assert status == 401, body[:500]
+            assert "API key" in openai_error(body, 401)["message"]
+            assert "x-gateway-model" not in headers
+            status, body = get(f"{listener}/v1/models", wrong)
+            assert status == 401, body[:500]
+            openai_error(body, 401)
+        # Liveness-style checks need no key.
+        for path in ("/health", "/version"):
+            status, body = get(f"{listener}{path}")
+            assert status == 200, (path, body[:500])
 
         status, headers, body = post_form(
             f"{listener}/v1/audio/transcriptions",
             FIXTURES / "hello.wav",
+            auth,
             model=TINY,
             response_format="json",
             language="en",
@@ -635,6 +736,7 @@ def test_cpu_services_run_as_processes_and_serve(tmp_path: Path) -> None:
         status, headers, body = post_form(
             f"{listener}/v1/audio/transcriptions",
             FIXTURES / "hello.wav",
+            auth,
             model=TINY,
             response_format="json",
             language="en",
@@ -650,13 +752,13 @@ def test_cpu_services_run_as_processes_and_serve(tmp_path: Path) -> None:
         assert "world" in done["text"].lower()
 
         status, headers, body = post_form(
-            f"{listener}/v1/audio/translations", FIXTURES / "cafe_fr.wav", model=BASE
+            f"{listener}/v1/audio/translations", FIXTURES / "cafe_fr.wav", auth, model=BASE
         )
         assert status == 200, body[:500]
         assert json.loads(body)["text"].strip()
         assert headers.get("x-gateway-model") == BASE
 
-        models = {m["id"] for m in get_json(f"{listener}/v1/models")["data"]}
+        models = {m["id"] for m in get_json(f"{listener}/v1/models", auth)["data"]}
         assert {TINY, BASE} <= models
     except Exception as e:
         raise AssertionError(f"{e}\n{logs()}") from e

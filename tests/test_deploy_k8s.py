@@ -18,9 +18,11 @@ There is no cluster on the build machine. What is checked instead:
    with their own command, args and env (the bootstrap init container to completion,
    then the control-plane sidecar until its startupProbe passes, then Envoy until its
    readinessProbe passes), one process per backend Deployment (until its
-   readinessProbe passes); then the README's requests through Envoy's listener, and
-   the preStop drain with a request in flight. The sidecar variant's bootstrap init
-   container runs too.
+   readinessProbe passes); then the README's requests through Envoy's listener with
+   the Secret's client key (without it: 401; /health and /version need none),
+   Prometheus's scrape of /metrics with its own key, a key rotated by updating the
+   Secret volume as the kubelet does (no restart), and the preStop drain with a
+   request in flight. The sidecar variant's bootstrap init container runs too.
 
 In 3, this is the only rewriting, all of it mechanical:
 - addresses: each backend's headless Service name becomes its own loopback address
@@ -31,7 +33,9 @@ In 3, this is the only rewriting, all of it mechanical:
   `--port`, and the env values that name the config's ports (ENVOY_ADMIN_PORT,
   ADMIN_HEALTHZ);
 - paths: a volume's mount path becomes a temporary folder (a ConfigMap volume holds
-  the ConfigMap's files, mode included; an emptyDir starts empty);
+  the ConfigMap's files, mode included; a Secret volume its files laid out as the
+  kubelet's atomic writer does, `..data` symlinks included; an emptyDir starts
+  empty), in argv, env and the config's api_keys.file;
 - programs: `python` -> this venv's python, `whisper-backend` -> the venv's
   whisper-backend, `envoy` -> control_plane.bootstrap.ENVOY (`/bin/bash` stays);
 - Envoy also gets `--base-id N`: its hot-restart shared memory is per pod in
@@ -40,6 +44,7 @@ In 3, this is the only rewriting, all of it mechanical:
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import http.client
@@ -54,7 +59,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +72,8 @@ from support import kustomize
 from support.procs import FIXTURES, PYTHON, ROOT, Proc, free_port, wait_http
 
 from control_plane.bootstrap import ENVOY, XDS_CLUSTER, envoy_command
-from control_plane.config import GatewayConfig, parse_config
+from control_plane.config import ApiKeysConfig, GatewayConfig, parse_config
+from control_plane.secrets import load_clients
 
 K8S = ROOT / "k8s"
 K8S_VERSION = "1.37.0"  # the newest kubernetes-validate 1.37 knows; native sidecars: >= 1.29
@@ -84,6 +90,7 @@ PROGRAMS = {
     "envoy": ENVOY,
 }
 CLUSTER_DOMAIN = "svc.cluster.local"
+SCRAPE_FILE = K8S / "monitoring" / "prometheus-scrape.yaml"
 TINY = "openai/whisper-tiny.en"
 BASE = "openai/whisper-base"
 
@@ -185,6 +192,115 @@ def manifest_files() -> list[Path]:
 
 def gateway_config(cm: Obj) -> GatewayConfig:
     return parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
+
+
+def secret_files(secret: Obj) -> dict[str, str]:
+    """A Secret's files as mounted: `data` decoded, `stringData` as written (it wins)."""
+    out = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    out.update(secret.get("stringData") or {})
+    return out
+
+
+def api_keys_secret(objs: list[Obj], deployment: Obj, cfg: GatewayConfig) -> tuple[Obj, Obj]:
+    """The Secret volume holding the config's api_keys.file, and that Secret."""
+    assert cfg.api_keys is not None and cfg.api_keys.file is not None, "API keys are off"
+    folder = str(Path(cfg.api_keys.file).parent)
+    sidecar = container(pod_spec(deployment), "control-plane")
+    (name,) = [m["name"] for m in sidecar["volumeMounts"] if m["mountPath"] == folder]
+    (vol,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == name]
+    return vol, one(objs, "Secret", vol["secret"]["secretName"])
+
+
+def client_keys(objs: list[Obj], deployment: Obj, cfg: GatewayConfig, tmp: Path) -> dict[str, str]:
+    """Client name -> key, read from the Secret by the control plane's own loader."""
+    _, secret = api_keys_secret(objs, deployment, cfg)
+    assert cfg.api_keys is not None and cfg.api_keys.file is not None
+    name = Path(cfg.api_keys.file).name
+    (tmp / name).write_text(secret_files(secret)[name])
+    clients = load_clients(ApiKeysConfig(file=str(tmp / name)), set(cfg.models))
+    return {c.name: c.key for c in clients}
+
+
+def write_atomically(folder: Path, files: dict[str, str], mode: int) -> None:
+    """Write a Secret or ConfigMap volume as the kubelet's AtomicWriter does: the files
+    in a new timestamped folder, `..data` renamed onto a symlink to it, each file a
+    symlink through `..data`. An update swaps every file at once; nothing is edited
+    in place, so a reader must follow the new symlink, as the control plane's watch does."""
+    stamp = f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{uuid.uuid4().hex[:9]}"
+    (folder / stamp).mkdir(mode=0o755)
+    for key, text in files.items():
+        (folder / stamp / key).write_text(text)
+        (folder / stamp / key).chmod(mode)
+    data = folder / "..data"
+    old = os.readlink(data) if data.is_symlink() else None
+    (folder / "..data_tmp").symlink_to(stamp)
+    os.replace(folder / "..data_tmp", data)
+    for key in files:
+        if not (folder / key).is_symlink():
+            (folder / key).symlink_to(f"..data/{key}")
+    if old:
+        shutil.rmtree(folder / old)
+
+
+def scrape_jobs() -> list[Obj]:
+    """The scrape_configs of k8s/monitoring/prometheus-scrape.yaml's ConfigMap."""
+    cm = yaml.safe_load(SCRAPE_FILE.read_text())
+    (text,) = cm["data"].values()
+    jobs: list[Obj] = yaml.safe_load(text)["scrape_configs"]
+    return jobs
+
+
+def _meta_name(label: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
+
+
+def scrape_targets(job: Obj, objs: list[Obj]) -> list[tuple[str, str, int, dict[str, str]]]:
+    """What Prometheus's kubernetes_sd `role: pod` finds for `job` among the
+    Deployments' pods (one target per declared container port, a port-less one per
+    container without), through its relabel_configs (keep, drop, replace): each kept
+    target as (Deployment, container, port, its labels)."""
+    (sd,) = job["kubernetes_sd_configs"]
+    assert sd["role"] == "pod"
+    names = set(sd.get("namespaces", {}).get("names") or [])
+    kept = []
+    for dep in find(objs, "Deployment"):
+        ns = dep["metadata"]["namespace"]
+        if names and ns not in names:
+            continue
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        pod = f"{dep['metadata']['name']}-5d8f7b9c4-x2x7q"
+        for c in kustomize.pod_containers(dep):
+            for port in c.get("ports") or [{}]:
+                labels = {
+                    "__meta_kubernetes_namespace": ns,
+                    "__meta_kubernetes_pod_name": pod,
+                    "__meta_kubernetes_pod_container_name": c["name"],
+                    "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                    "__meta_kubernetes_pod_container_port_number": str(
+                        port.get("containerPort", "")
+                    ),
+                    **{
+                        f"__meta_kubernetes_pod_label_{_meta_name(k)}": v
+                        for k, v in pod_labels.items()
+                    },
+                }
+                for rule in job.get("relabel_configs") or []:
+                    value = rule.get("separator", ";").join(
+                        labels.get(n, "") for n in rule.get("source_labels", [])
+                    )
+                    m = re.fullmatch(rule.get("regex", "(.*)"), value)
+                    action = rule.get("action", "replace")
+                    assert action in ("keep", "drop", "replace"), action
+                    if (action == "keep" and not m) or (action == "drop" and m):
+                        break
+                    if action == "replace" and m:
+                        labels[rule["target_label"]] = m.expand(rule.get("replacement", r"\1"))
+                else:
+                    target = {k: v for k, v in labels.items() if not k.startswith("__")}
+                    kept.append(
+                        (dep["metadata"]["name"], c["name"], port.get("containerPort", 0), target)
+                    )
+    return kept
 
 
 def validate(obj: Obj, where: str) -> None:
@@ -305,7 +421,7 @@ def check_restricted(spec: Obj, where: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
-def test_gateway_pod_matches_the_code(overlay: str) -> None:
+def test_gateway_pod_matches_the_code(overlay: str, tmp_path: Path) -> None:
     objs = render(overlay)
     dep = one(objs, "Deployment", "whisper-gateway")
     spec = pod_spec(dep)
@@ -371,6 +487,31 @@ def test_gateway_pod_matches_the_code(overlay: str) -> None:
     assert pdb["spec"]["minAvailable"] < dep["spec"]["replicas"]
     check_restricted(spec, f"{overlay}/whisper-gateway")
     check_backends(cfg, objs)
+
+    # API keys on: a file from a Secret volume mounted (whole, so the kubelet's updates
+    # reach it) into the control plane alone; placeholder keys that say to replace them.
+    assert cfg.api_keys is not None and cfg.api_keys.env == ()
+    vol, _ = api_keys_secret(objs, dep, cfg)
+    assert vol["secret"]["defaultMode"] == 0o440
+    for c in (init, envoy):
+        assert vol["name"] not in {m["name"] for m in c.get("volumeMounts", [])}, c["name"]
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["name"] == vol["name"]]
+    assert "subPath" not in mount and mount["readOnly"] is True
+    keys = client_keys(objs, dep, cfg, tmp_path)
+    assert set(keys) == {"demo", "prometheus"}
+    assert all("REPLACE-ME" in k for k in keys.values())
+    # What checks the pod without a key asks the admin APIs (exec), never the listener;
+    # an httpGet there would need /health or /version, the only routes without a key.
+    for c in (init, sidecar, envoy):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            action = c.get(probe) or {}
+            assert "tcpSocket" not in action, f"{c['name']} {probe}"
+            if "httpGet" in action:
+                assert action["httpGet"]["path"] in ("/health", "/version"), c["name"]
+    assert "exec" in envoy["lifecycle"]["preStop"]
+    assert not dep["spec"]["template"]["metadata"].get("annotations"), (
+        "prometheus.io/* annotations would have Prometheus scrape /metrics without a key"
+    )
     for backend in find(objs, "Deployment"):
         check_restricted(pod_spec(backend), f"{overlay}/{backend['metadata']['name']}")
 
@@ -395,11 +536,31 @@ def test_hpa_scales_a_backend_named_by_its_service() -> None:
     assert external == ["vllm_num_requests_waiting"]
     assert external[0] in {r["name"]["as"] for r in adapter_rules()}
     assert cfg.public_router_endpoints, "the gateway's /metrics is on the scraped port"
-    gw = one(objs, "Deployment", "whisper-gateway")
-    notes = gw["spec"]["template"]["metadata"]["annotations"]
-    assert notes["prometheus.io/port"] == str(cfg.listener.port)
     adapter = yaml.safe_load(ADAPTER_FILE.read_text())
     validate(adapter, str(ADAPTER_FILE.relative_to(ROOT)))
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_prometheus_scrapes_the_listener_with_its_own_key(overlay: str) -> None:
+    """With keys on, /metrics on the listener needs one: the scrape job sends a bearer
+    token (a file Prometheus holds), and its relabelling keeps the gateway pods'
+    listener port alone, labelled with the namespace the adapter's rules sum by."""
+    objs = render(overlay)
+    gw = one(objs, "Deployment", "whisper-gateway")
+    cfg = gateway_config(config_map_of(objs, gw, "config"))
+    (job,) = scrape_jobs()
+    assert job["metrics_path"] == "/metrics" and job.get("scheme", "http") == "http"
+    assert job["authorization"]["type"] == "Bearer"
+    assert Path(job["authorization"]["credentials_file"]).is_absolute()
+    targets = scrape_targets(job, objs)
+    assert [(d, c, p) for d, c, p, _ in targets] == [
+        ("whisper-gateway", "envoy", cfg.listener.port)
+    ]
+    from support.promql import adapter_rules
+
+    by = {k for r in adapter_rules() for k in r["resources"]["overrides"]}
+    assert by <= set(targets[0][3]), "the adapter's rules need these target labels"
+    assert targets[0][3]["namespace"] == gw["metadata"]["namespace"]
 
 
 def test_sidecar_variant(tmp_path: Path) -> None:
@@ -476,9 +637,18 @@ class Pod:
                 for key, text in cm["data"].items():
                     (folder / key).write_text(text)
                     (folder / key).chmod(vol["configMap"].get("defaultMode", 0o644))
+            elif "secret" in vol:
+                secret = one(self.objs, "Secret", vol["secret"]["secretName"])
+                mode = vol["secret"].get("defaultMode", 0o644)
+                write_atomically(folder, secret_files(secret), mode)
             else:
                 assert "emptyDir" in vol, f"{name}: volume {vol} has no local stand-in"
             self.volumes[vol["name"]] = folder
+
+    def update_secret(self, volume: str, files: dict[str, str]) -> None:
+        """The Secret behind `volume` changed: rewrite its files as the kubelet does."""
+        (vol,) = [v for v in pod_spec(self.deployment)["volumes"] if v["name"] == volume]
+        write_atomically(self.volumes[volume], files, vol["secret"].get("defaultMode", 0o644))
 
     def local(self, c: Obj, value: str) -> str:
         """A path under one of the container's mount paths -> the same under its folder."""
@@ -551,10 +721,16 @@ def multipart(fields: dict[str, str], upload: Path) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def transcribe(url: str, model: str, upload: Path, timeout: float = 60) -> tuple[int, Any]:
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def transcribe(
+    url: str, model: str, upload: Path, headers: dict[str, str], timeout: float = 60
+) -> tuple[int, Any]:
     body, ctype = multipart({"model": model, "response_format": "json", "language": "en"}, upload)
     req = urllib.request.Request(
-        f"{url}/v1/audio/transcriptions", data=body, headers={"Content-Type": ctype}
+        f"{url}/v1/audio/transcriptions", data=body, headers={"Content-Type": ctype, **headers}
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -563,12 +739,12 @@ def transcribe(url: str, model: str, upload: Path, timeout: float = 60) -> tuple
         return e.code, e.read().decode(errors="replace")
 
 
-def connection_header(url: str) -> str | None:
+def connection_header(url: str, headers: dict[str, str]) -> str | None:
     """GET /v1/models on a keep-alive connection: Envoy's Connection header, if any."""
     u = urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=5)
     try:
-        conn.request("GET", "/v1/models")
+        conn.request("GET", "/v1/models", headers=headers)
         r = conn.getresponse()
         r.read()
         assert r.status == 200
@@ -580,6 +756,32 @@ def connection_header(url: str) -> str | None:
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET: the status and body text, error statuses included."""
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=5
+        ) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def openai_error(body: str, status: int) -> dict[str, Any]:
+    """The gateway's error body: OpenAI's `{"error": {...}}`, code = the status."""
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert err["code"] == status, err
+    return dict(err)
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -619,6 +821,7 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
     # The gateway pod, its config rewritten (addresses and ports only).
     cm = config_map_of(objs, gateway, "config")
     doc = yaml.safe_load(cm["data"]["gateway.yaml"])
+    keys = client_keys(objs, gateway, gateway_config(cm), tmp_path)
     env_rewrites: dict[str, str] = {}
     for key in ("listener", "envoy_admin", "xds", "admin"):
         old, new = doc[key]["port"], free_port()
@@ -631,11 +834,13 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
         ip, port, svc_port = where[u.hostname]
         assert u.port == svc_port
         b["url"] = f"http://{ip}:{port}"
-    cfg = parse_config(doc)
     pod = Pod(tmp_path, gateway, objs, env_rewrites=env_rewrites)
     spec = pod_spec(gateway)
     init, sidecar = spec["initContainers"]
     (envoy,) = spec["containers"]
+    # The key file: the Secret volume's folder, as mounted into the control plane.
+    doc["api_keys"]["file"] = pod.local(sidecar, doc["api_keys"]["file"])
+    cfg = parse_config(doc)
     config_file = Path(pod.local(sidecar, flag(argv_of(sidecar), "--config")))
     config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -657,22 +862,65 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
         assert time.monotonic() < deadline, get_json(f"{admin}/backends")
         time.sleep(0.2)
 
-    # The README's requests, through the listener.
+    # The README's requests, through the listener, with the Secret's `demo` key.
     url = f"http://127.0.0.1:{cfg.listener.port}"
-    status, body = transcribe(url, TINY, FIXTURES / "hello.wav")
+    auth = bearer(keys["demo"])
+    status, body = transcribe(url, TINY, FIXTURES / "hello.wav", auth)
     assert status == 200, body
     assert "world" in body["text"].lower()
-    status, body = transcribe(url, BASE, FIXTURES / "hello.wav")
+    status, body = transcribe(url, BASE, FIXTURES / "hello.wav", auth)
     assert status == 200 and body["text"].strip(), body
-    models = {m["id"] for m in get_json(f"{url}/v1/models")["data"]}
-    assert models == {TINY, BASE}
-    assert connection_header(url) is None
+    status, text = get(f"{url}/v1/models", auth)
+    assert status == 200, text
+    assert {m["id"] for m in json.loads(text)["data"]} == {TINY, BASE}
+    assert connection_header(url, auth) is None
+
+    # Without a key, or with a wrong one: 401 in OpenAI's shape. /health and /version
+    # (what a load balancer or an uptime check may ask) need none.
+    for wrong in ({}, bearer("sk-not-a-key-of-this-gateway")):
+        status, body = transcribe(url, TINY, FIXTURES / "hello.wav", wrong)
+        assert status == 401, body
+        assert "API key" in openai_error(body, 401)["message"]
+        status, text = get(f"{url}/v1/models", wrong)
+        assert status == 401, text
+        openai_error(text, 401)
+    for path in ("/health", "/version"):
+        status, text = get(f"{url}{path}")
+        assert status == 200, (path, text)
+
+    # Prometheus's scrape: the job's path with its own key (the `prometheus` client).
+    (scrape,) = scrape_jobs()
+    for _ in range(3):  # its tiny transcription bucket does not apply to /metrics
+        status, text = get(f"{url}{scrape['metrics_path']}", bearer(keys["prometheus"]))
+        assert status == 200, text
+        assert "vllm:num_requests_waiting" in text
+    status, text = get(f"{url}{scrape['metrics_path']}")
+    assert status == 401, text
+
+    # Key rotation: the Secret updated in place reaches the pod without a restart.
+    # The kubelet swaps the volume's files; the control plane's watch reloads them.
+    (keys_volume, secret) = api_keys_secret(objs, gateway, gateway_config(cm))
+    files = secret_files(secret)
+    name = Path(doc["api_keys"]["file"]).name
+    rotated = "sk-rotated-demo-" + uuid.uuid4().hex
+    assert files[name].count(keys["demo"]) == 1
+    pod.update_secret(
+        keys_volume["name"], {**files, name: files[name].replace(keys["demo"], rotated)}
+    )
+    wait_for(
+        lambda: get(f"{url}/v1/models", bearer(rotated))[0] == 200,
+        15,
+        f"the rotated key is not accepted:\n{cp.log_tail()}",
+    )
+    assert get(f"{url}/v1/models", auth)[0] == 401, "the replaced key still works"
+    assert cp.alive() and proxy.alive()
+    auth = bearer(rotated)
 
     # preStop with a request in flight: readiness fails at once, responses close their
     # connections, the request completes, the hook returns once nothing is in flight.
     result: dict[str, Any] = {}
     job = threading.Thread(
-        target=lambda: result.update(r=transcribe(url, TINY, FIXTURES / "long_en.ogg", 120))
+        target=lambda: result.update(r=transcribe(url, TINY, FIXTURES / "long_en.ogg", auth, 120))
     )
     job.start()
     active_cmd = {"exec": {"command": [*envoy["readinessProbe"]["exec"]["command"][:2], "active"]}}
@@ -690,7 +938,7 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
             assert time.monotonic() < deadline, "readiness still passes while draining"
             time.sleep(0.1)
         assert pod.run_exec(envoy, envoy["livenessProbe"]).returncode == 0, "draining is alive"
-        assert connection_header(url) == "close"  # clients reconnect to a ready pod
+        assert connection_header(url, auth) == "close"  # clients reconnect to a ready pod
         job.join(120)
         status, body = result["r"]
         assert status == 200 and len(body["text"]) > 200, body

@@ -154,7 +154,8 @@ def config_map_hash(data: dict[str, str]) -> str:
     ):
         encoded = encoded.replace(char, escape)
     digest = hashlib.sha256(encoded.encode()).hexdigest()[:10]
-    return digest.translate(str.maketrans({"0": "g", "1": "h", "3": "k", "a": "m", "e": "t"}))
+    swaps: dict[str, str | int | None] = {"0": "g", "1": "h", "3": "k", "a": "m", "e": "t"}
+    return digest.translate(str.maketrans(swaps))
 
 
 def pod_containers(obj: Obj) -> Iterator[Obj]:
