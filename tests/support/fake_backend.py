@@ -13,6 +13,8 @@ Run as `python tests/support/fake_backend.py --mode MODE --port N`. Modes:
   verbose_long answers a 10-minute verbose_json at once (bench baseline)
   bytewise_stream  a short SSE stream written one byte per write
   error_stream     one chunk, then an error event, then [DONE]
+  echo_form    parses the upload with whisper_backend's own form reader (aiohttp) and
+               answers the `model` it read ({"text", "model"}), or that reader's error
 Each request's headers are kept so a test can read what reached the backend
 (GET /_fake/requests).
 """
@@ -26,6 +28,9 @@ import json
 import time
 
 from aiohttp import web
+
+from whisper_backend.errors import ApiError
+from whisper_backend.form import read_form
 
 SEEN: list[dict[str, object]] = []
 IN_FLIGHT = {"now": 0, "max": 0}
@@ -73,6 +78,8 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
             IN_FLIGHT["now"] -= 1
 
     async def _transcribe(request: web.Request) -> web.StreamResponse:
+        if mode == "echo_form":
+            return await _echo_form(request)
         body = await request.read()
         SEEN.append(
             {
@@ -146,6 +153,15 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
         await resp.write_eof()
         return resp
 
+    async def _echo_form(request: web.Request) -> web.Response:
+        # The backend's parser, not the gateway's: what a real backend would serve.
+        try:
+            raw = await read_form(request, 64 * 1024 * 1024)
+        except ApiError as e:
+            return e.response()
+        SEEN.append({"headers": dict(request.headers), "model": raw.fields.get("model")})
+        return web.json_response({"text": " fake", "model": raw.fields.get("model")})
+
     async def health(_: web.Request) -> web.Response:
         return web.Response()
 
@@ -182,6 +198,7 @@ def main() -> None:
             "verbose_long",
             "bytewise_stream",
             "error_stream",
+            "echo_form",
         ],
     )
     p.add_argument("--host", default="127.0.0.1")
