@@ -118,3 +118,124 @@ async def run_load(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return out
+
+
+@dataclass
+class Trace:
+    """One request as the client saw it. A crash test must tell a failure the gateway
+    could have retried (no response byte yet) from one it cannot (the response had
+    started), so each request keeps when its headers came and how much body followed."""
+
+    stream: bool
+    sent_at: float
+    ended_at: float | None = None  # None while in flight
+    status: int | None = None
+    headers_at: float | None = None
+    body_bytes: int = 0
+    outcome: str = "hang"
+    request_id: str = ""
+    backend: str = "-"
+    error: str = ""
+
+    @property
+    def started(self) -> bool:
+        """A success status line and headers reached the client: from then on the gateway
+        cannot retry it (an error status is the gateway's final answer, not a start)."""
+        return self.headers_at is not None and self.status is not None and self.status < 400
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome != "ok"
+
+
+async def traced_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    stream: bool,
+    deadline_s: float = 60.0,
+    path: Path = HELLO,
+    trace: Trace | None = None,
+) -> Trace:
+    """One transcription read chunk by chunk; outcomes as `one_request` names them.
+    Fills `trace` as the request goes when given, so a watcher sees it in flight."""
+    loop = asyncio.get_running_loop()
+    t = trace or Trace(stream=stream, sent_at=loop.time())
+    body = bytearray()
+    try:
+        async with (
+            asyncio.timeout(deadline_s),
+            session.post(f"{url}/v1/audio/transcriptions", data=_form(model, stream, path)) as r,
+        ):
+            t.headers_at = loop.time()
+            t.status = r.status
+            t.request_id = r.headers.get("x-request-id", "")
+            t.backend = r.headers.get("x-gateway-backend", "-")
+            async for chunk in r.content.iter_any():
+                body += chunk
+                t.body_bytes = len(body)
+        t.outcome = _judge(t, bytes(body))
+    except TimeoutError:
+        t.outcome = "hang"
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
+        t.outcome, t.error = "truncated", repr(e)
+    except aiohttp.ClientError as e:
+        t.outcome, t.error = "connect_error", repr(e)
+    t.ended_at = loop.time()
+    return t
+
+
+def _judge(t: Trace, body: bytes) -> str:
+    """A complete response's outcome; sets `t.error` for anything but ok."""
+    if t.status is not None and t.status >= 400:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        err = parsed.get("error") if isinstance(parsed, dict) else None
+        t.error = f"{t.status} {err.get('message') if isinstance(err, dict) else body[:80]!r}"
+        ok_shape = isinstance(err, dict) and {"message", "code"} <= set(err)
+        return "clear_error" if ok_shape else "wrong_answer"
+    if t.stream:
+        lines = [ln for ln in body.decode(errors="replace").splitlines() if ln.startswith("data: ")]
+        if not lines or lines[-1] != "data: [DONE]":
+            t.error = f"stream without [DONE] ({len(body)} bytes)"
+            return "truncated"
+        if any('"error"' in ln for ln in lines):
+            t.error = next(ln for ln in lines if '"error"' in ln)[:200]
+            return "clear_error"
+        return "ok"
+    try:
+        json.loads(body)["text"]
+    except (ValueError, KeyError, TypeError):
+        t.error = f"{t.status} {body[:80]!r}"
+        return "wrong_answer"
+    return "ok"
+
+
+async def steady_load(
+    url: str,
+    model: str,
+    concurrency: int,
+    stop: asyncio.Event,
+    traces: list[Trace],
+    stream_every: int = 2,
+    deadline_s: float = 60.0,
+) -> None:
+    """Closed-loop load until `stop` is set: `concurrency` workers, each sending its next
+    request as soon as the last one ended; every `stream_every`-th request (counted over
+    all workers) is streamed, the others not (0: none streamed). Bounded: once `stop` is
+    set no request starts, and each one ends by its deadline."""
+    sent = 0
+    async with aiohttp.ClientSession() as session:
+
+        async def worker() -> None:
+            nonlocal sent
+            while not stop.is_set():
+                sent += 1
+                stream = stream_every > 0 and sent % stream_every == 0
+                t = Trace(stream=stream, sent_at=asyncio.get_running_loop().time())
+                traces.append(t)
+                await traced_request(session, url, model, stream, deadline_s, trace=t)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
