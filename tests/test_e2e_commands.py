@@ -186,15 +186,10 @@ def test_make_up_survives_a_backend_sigkill(tmp_path: Path) -> None:
             time.sleep(0.2)
         first_pid = tree.children()[victim]["pid"]
         os.kill(first_pid, signal.SIGKILL)
-        # A request racing the kill on a pooled connection can still fail (retrying a
-        # reset is the edge's work, issue 9); once the probes saw it go, none does.
-        deadline = time.monotonic() + 30
-        while {b["endpoint"]: b["health"] for b in get_json(f"{admin}/backends")}[
-            f"127.0.0.1:{victim_port}"
-        ] != "UNHEALTHY":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        # Every request for tiny.en is served by the other backend meanwhile.
+        # No wait for the probes: a request racing the kill is resent to the other
+        # backend (retry on connect failure and on reset). The supervisor may bring the
+        # victim back before a probe ever sees it down, so its health is not awaited.
+        # Every request for tiny.en is served meanwhile.
         served = []
         for _ in range(12):
             status, body = transcribe(url, tiny)
