@@ -17,6 +17,7 @@ BENCHES = [
     "bench.failover",
     "bench.reconciler_push",
     "bench.formats",
+    "bench.crash",
 ]
 
 
