@@ -16,7 +16,6 @@ from control_plane.app import ControlPlane
 from control_plane.config import ConfigError, load_config
 from control_plane.metrics import make_registry
 from control_plane.planes import restrict_socket
-from control_plane.reconciler import target_key
 from control_plane.router_metrics import HostUsage, read_live, render, server_url
 from control_plane.snapshot import snapshot_json
 
@@ -54,23 +53,7 @@ def make_admin_app(cp: ControlPlane) -> web.Application:
         return _json(snapshot_json(snap))
 
     async def backends(_: web.Request) -> web.Response:
-        probes = cp.probe_snapshot()
-        return _json(
-            [
-                {
-                    "endpoint": e.key,
-                    "backend_url": e.backend_url,
-                    "models": list(e.models),
-                    "health": e.health.value,
-                    "model_health": {m: h.value for m, h in e.model_health.items()},
-                    "draining": e.draining,
-                    # The first model's probe; every model's in `probes`.
-                    "probe": probes.get(target_key(e.key, e.models[0])),
-                    "probes": {m: probes.get(target_key(e.key, m)) for m in e.models},
-                }
-                for e in cp.endpoints()
-            ]
-        )
+        return _json(await cp.backends())
 
     async def drain(request: web.Request) -> web.Response:
         key = request.match_info["key"]

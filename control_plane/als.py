@@ -20,6 +20,8 @@ from control_plane.request_stats import Finished, RequestStats
 log = logging.getLogger("control_plane.als")
 
 MODEL_HEADER = "x-gateway-model"
+CLIENT_HEADER = "x-gateway-client"
+METER = "whisper_gateway.meter"  # translate/listener.py writes audio seconds here
 _FLAGS = {
     "upstream_connection_failure": "UF",
     "no_healthy_upstream": "UH",
@@ -42,6 +44,10 @@ def finished(entry: accesslog_pb2.HTTPAccessLogEntry, scheme_of: Callable[[str],
             else (f"{sa.address}:{sa.port_value}")
         )
     flags = ",".join(code for name, code in _FLAGS.items() if getattr(common.response_flags, name))
+    first_byte = None
+    if common.HasField("time_to_first_upstream_rx_byte"):
+        first_byte = common.time_to_first_upstream_rx_byte.ToNanoseconds() / 1e9
+    path = entry.request.original_path or entry.request.path
     return Finished(
         at=common.start_time.ToSeconds() + common.duration.ToNanoseconds() / 1e9,
         server=f"{scheme_of(endpoint)}://{endpoint}" if endpoint else "",
@@ -49,7 +55,25 @@ def finished(entry: accesslog_pb2.HTTPAccessLogEntry, scheme_of: Callable[[str],
         status=entry.response.response_code.value,
         latency_s=common.duration.ToNanoseconds() / 1e9,
         flags=flags,
+        first_byte_s=first_byte,
+        audio_s=audio_seconds(common.metadata.filter_metadata),
+        client=entry.request.request_headers.get(CLIENT_HEADER, ""),
+        task="translations"
+        if path.split("?", 1)[0].endswith("/translations")
+        else "transcriptions",
     )
+
+
+def audio_seconds(metadata: Any) -> float | None:
+    """verbose_json's `duration` when there is one (exact), else `usage.seconds` (whole
+    seconds, rounded up by vLLM and whisper_backend alike), else None."""
+    if METER not in metadata:
+        return None
+    fields = metadata[METER].fields
+    for key in ("audio_duration", "audio_seconds"):
+        if key in fields and fields[key].HasField("number_value"):
+            return max(0.0, fields[key].number_value)
+    return None
 
 
 class AccessLogServer(als_pb2_grpc.AccessLogServiceServicer):

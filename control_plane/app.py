@@ -17,6 +17,7 @@ import grpc
 
 from control_plane import ads, als, secrets
 from control_plane.als import AccessLogServer
+from control_plane.backend_stats import EngineSample, backend_rows, log_line, scrape_engines
 from control_plane.cache import SnapshotCache
 from control_plane.config import GatewayConfig
 from control_plane.discovery import Resolver, is_ip, resolve
@@ -35,6 +36,7 @@ from control_plane.reconciler import (
 )
 from control_plane.request_stats import RequestStats
 from control_plane.resources import load_lua_template
+from control_plane.router_metrics import read_envoy_running
 from control_plane.tasks import SupervisedTasks
 from health import HealthEvent, HealthMonitor, HealthStatus, ProbeTarget
 
@@ -79,7 +81,8 @@ class ControlPlane:
         )
         self.ads: ads.AdsServer | None = None
         self._grpc: grpc.aio.Server | None = None
-        self.request_stats = RequestStats()
+        self.request_stats = RequestStats(window_s=config.stats.window_s)
+        self.engines: dict[str, EngineSample] = {}
         self.access_log = AccessLogServer(self.request_stats, self._scheme_of)
         admin = config.envoy_admin
         self.envoy_admin_url = f"http://{admin.address}:{admin.port}"
@@ -174,6 +177,7 @@ class ControlPlane:
         lookups = await self.lookup(spec)
         await self.reconciler.change_spec(spec, lookups, security)
         self.config = new
+        self.request_stats.window_s = new.stats.window_s
 
     # ------------------------------------------------------------ lifecycle
 
@@ -207,6 +211,13 @@ class ControlPlane:
                 lambda: self.config, lambda sec: self.reconciler.post(SecretsChanged(sec))
             ),
         )
+        self.tasks.spawn(
+            "engine-stats",
+            lambda: scrape_engines(
+                self.endpoints, self.engines, lambda: self.config.stats.engine_interval_s
+            ),
+        )
+        self.tasks.spawn("log-stats", self._log_stats)
         if not all(is_ip(b.host) for b in spec.backends) or self.resolver is not resolve:
             self.tasks.spawn("dns", self._resolve_loop)
         log.info(
@@ -234,6 +245,24 @@ class ControlPlane:
                 return
             await asyncio.sleep(0.05)
         log.warning("serving xDS before every first probe decided (%.1f s)", limit)
+
+    async def backends(self) -> list[dict[str, Any]]:
+        """One row per endpoint (backend_stats.backend_rows), in flight read from Envoy now."""
+        in_flight = await read_envoy_running(self.envoy_admin_url)
+        return backend_rows(
+            self.endpoints(), self.request_stats, in_flight, self.engines, self.probe_snapshot()
+        )
+
+    async def _log_stats(self) -> None:
+        """The router's --log-stats: a line per backend every stats.log_interval_s."""
+        while True:
+            interval = self.config.stats.log_interval_s
+            if interval <= 0:
+                await asyncio.sleep(1.0)  # off; a reload may turn it on
+                continue
+            await asyncio.sleep(interval)
+            for row in await self.backends():
+                log.info("%s", log_line(row))
 
     async def stop(self) -> None:
         await self.tasks.stop()

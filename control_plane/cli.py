@@ -9,6 +9,7 @@ the router's own command line (`--host 0.0.0.0 --port 8001 ...`) reads as-is.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -67,7 +68,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the config, then exit")
     p.add_argument("--run-dir", type=Path, help="whisper-gateway: logs and run files here")
     p.add_argument("--log-level", default="info", type=str.lower, choices=sorted(LOG_LEVELS))
-    p.add_argument("--log-format", default="text", choices=("text", "json"))
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines and Envoy's access log (default: the config's log_format, text)",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return p
 
@@ -90,6 +95,8 @@ def parse(argv: list[str], prog: str) -> Options:
             config = load_config(path)
     except (ConfigError, RouterFlagError) as e:
         raise UsageError(str(e)) from e
+    if args.log_format is not None:
+        config = dataclasses.replace(config, log_format=args.log_format)
     return Options(
         command=command,
         config=config,
@@ -101,7 +108,7 @@ def parse(argv: list[str], prog: str) -> Options:
         dry_run=args.dry_run,
         run_dir=args.run_dir,
         log_level=args.log_level,
-        log_format=args.log_format,
+        log_format=config.log_format,
     )
 
 

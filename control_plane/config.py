@@ -26,6 +26,7 @@ import yaml
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 POLICIES = ("least_request", "round_robin")
 STREAM_FORMATS = ("openai", "backend", "text")
+LOG_FORMATS = ("text", "json")
 BACKEND_TYPES = ("transcription",)
 LAUNCH_KINDS = ("cpu",)
 #: The planes that may listen on a Unix socket (Envoy and operators dial them).
@@ -137,6 +138,19 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
+class StatsConfig:
+    # The sliding window of per-backend request stats (QPS, latency, time to first
+    # byte, errors): the router's --request-stats-window.
+    window_s: float = _bound(60.0, 1.0, 3600.0)
+    # One log line per backend this often; 0 is off (the router's --log-stats and
+    # --log-stats-interval).
+    log_interval_s: float = _bound(0.0, 0.0)
+    # How often each backend's /metrics (running, waiting) is read: the router's
+    # --engine-stats-interval.
+    engine_interval_s: float = _bound(30.0, 1.0)
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """The listener's certificate. Read (and re-read on change) by the control plane,
     which hands it to Envoy over SDS."""
@@ -221,6 +235,10 @@ class GatewayConfig:
     tls: TlsConfig | None = None  # HTTPS on the listener
     api_keys: ApiKeysConfig | None = None  # client keys required
     upstream_tls: UpstreamTlsConfig = field(default_factory=UpstreamTlsConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    # The control plane's log lines and Envoy's access log (one line per request):
+    # `text` for people, `json` for log pipelines. `--log-format` overrides it.
+    log_format: str = "text"
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -535,6 +553,9 @@ def parse_config(data: Any, base_dir: str | Path | None = None) -> GatewayConfig
             raise ConfigError(f"stream_formats.{m}", "names no model of any backend")
         if f not in STREAM_FORMATS:
             raise ConfigError(f"stream_formats.{m}", f"must be one of {', '.join(STREAM_FORMATS)}")
+    log_format = d.get("log_format", "text")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
     top = {
         n: _value(_FIELDS[n], d[n], n)
         for n in ("node_id", "dns_refresh_s", "envoy_workers", "public_router_endpoints")
@@ -557,6 +578,8 @@ def parse_config(data: Any, base_dir: str | Path | None = None) -> GatewayConfig
         tls=_tls(d.get("tls"), base),
         api_keys=_api_keys(d.get("api_keys"), base),
         upstream_tls=_upstream_tls(d.get("upstream_tls"), base),
+        stats=_section(StatsConfig, d.get("stats"), "stats"),
+        log_format=log_format,
         **top,
     )
     used: dict[tuple[str, int] | str, str] = {}

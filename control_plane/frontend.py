@@ -78,4 +78,5 @@ def spec_from_config(config: GatewayConfig) -> GatewaySpec:
             max_headers_count=config.edge.max_headers_count,
         ),
         rate_limit=RateLimit(**asdict(config.rate_limit)),
+        access_log_format=config.log_format,
     )

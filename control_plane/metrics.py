@@ -119,6 +119,77 @@ class ControlPlaneCollector(Collector):
             if ps.last_latency_ms is not None:
                 latency.add_metric([key], ps.last_latency_ms / 1000)
         yield from (probes, failures, latency)
+        yield from _metering(cp)
+        yield from _backends(cp)
+
+
+def _metering(cp: ControlPlane) -> Iterator[Metric]:
+    """Audio seconds served, from the responses themselves (whisper_gateway.meter)."""
+    stats = cp.request_stats
+    audio = CounterMetricFamily(
+        "whisper_gateway_audio_seconds",
+        "seconds of audio transcribed or translated, as the responses report them",
+        labels=["task", "model", "backend", "client"],
+    )
+    for (task, model, server, client), seconds in sorted(stats.audio_seconds.items()):
+        audio.add_metric([task, model, server, client], seconds)
+    unmetered = CounterMetricFamily(
+        "whisper_gateway_unmetered_responses",
+        "successful responses that reported no audio duration (text formats, streams "
+        "without usage)",
+        labels=["task", "model", "backend"],
+    )
+    for (task, model, server), n in sorted(stats.unmetered.items()):
+        unmetered.add_metric([task, model, server], n)
+    yield from (audio, unmetered)
+
+
+def _backends(cp: ControlPlane) -> Iterator[Metric]:
+    """Each backend over the request-stats window, and its engine's own queue."""
+    labels = ["backend"]
+    qps = GaugeMetricFamily(
+        "whisper_gateway_backend_qps", "requests/s over the window", labels=labels
+    )
+    lat = GaugeMetricFamily(
+        "whisper_gateway_backend_latency_seconds",
+        "request latency over the window",
+        labels=["backend", "quantile"],
+    )
+    first = GaugeMetricFamily(
+        "whisper_gateway_backend_first_byte_seconds",
+        "time to the backend's first response byte over the window (median)",
+        labels=labels,
+    )
+    errors = GaugeMetricFamily(
+        "whisper_gateway_backend_window_errors",
+        "errors over the window, by class",
+        labels=["backend", "class"],
+    )
+    for server, w in sorted(cp.request_stats.windows().items()):
+        qps.add_metric([server], w.qps)
+        for q, value in (("0.5", w.p50_s), ("0.99", w.p99_s)):
+            if value is not None:
+                lat.add_metric([server, q], value)
+        if w.first_byte_p50_s is not None:
+            first.add_metric([server], w.first_byte_p50_s)
+        for kind, n in sorted(w.errors.items()):
+            errors.add_metric([server, kind], n)
+    running = GaugeMetricFamily(
+        "whisper_gateway_engine_running",
+        "requests the backend itself reports running (its /metrics)",
+        labels=["endpoint"],
+    )
+    waiting = GaugeMetricFamily(
+        "whisper_gateway_engine_waiting",
+        "requests the backend itself reports waiting (its /metrics)",
+        labels=["endpoint"],
+    )
+    for key, sample in sorted(cp.engines.items()):
+        if sample.running is not None:
+            running.add_metric([key], sample.running)
+        if sample.waiting is not None:
+            waiting.add_metric([key], sample.waiting)
+    yield from (qps, lat, first, errors, running, waiting)
 
 
 def make_registry(cp: ControlPlane) -> CollectorRegistry:

@@ -154,6 +154,7 @@ class GatewaySpec:
     stream_format: str = "openai"  # for models not listed
     edge: Edge = Edge()
     rate_limit: RateLimit = RateLimit()
+    access_log_format: str = "text"  # Envoy's line per request: text or json
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -198,6 +199,7 @@ class GatewayModel:
     version: str = "unknown"
     edge: Edge = Edge()
     rate_limit: RateLimit = RateLimit()
+    access_log_format: str = "text"  # Envoy's line per request: text or json
     security: Security = Security()
 
     @property
@@ -300,5 +302,6 @@ def build_model(
         version=spec.version,
         edge=spec.edge,
         rate_limit=spec.rate_limit,
+        access_log_format=spec.access_log_format,
         security=security,
     )

@@ -24,13 +24,9 @@ ROUTING = {
 ROUTER_HEALTH_INTERVAL_S = 60.0
 ROUTER_HEALTH_TIMEOUT_S = 10.0
 
-_STATS = "per-backend stats come from Envoy's own stats and the admin API's /metrics"
 # Flags that take a value we accept and do not use, with why.
 IGNORED = {
     "--root-path": "routes stay at /v1/...; a proxy in front that adds a prefix must strip it",
-    "--engine-stats-interval": _STATS,
-    "--request-stats-window": _STATS,
-    "--log-stats-interval": _STATS,
     "--kv-aware-threshold": "KV-aware routing does not apply to Whisper",
     "--prefix-min-match-length": "prefix-aware routing does not apply to Whisper",
     "--lmcache-controller-port": "KV-cache controller does not apply to Whisper",
@@ -50,7 +46,6 @@ IGNORED = {
     "--otel-service-name": "no OpenTelemetry export yet",
 }
 IGNORED_SWITCHES = {
-    "--log-stats": _STATS,
     "--otel-secure": "no OpenTelemetry export yet",
 }
 # Flags refused whatever their value, with why.
@@ -111,6 +106,10 @@ def _parser() -> _Parser:
     p.add_argument("--routing-logic", default="roundrobin")
     p.add_argument("--max-instance-failover-reroute-attempts", type=int)
     p.add_argument("--request-rewriter", default="noop")
+    p.add_argument("--log-stats", action="store_true")
+    p.add_argument("--log-stats-interval", type=float, default=10.0)
+    p.add_argument("--request-stats-window", type=float, default=60.0)
+    p.add_argument("--engine-stats-interval", type=float, default=30.0)
     p.add_argument("--max-upload-mb", type=float)  # ours: the router has no such limit
     # Ours: the router passes vLLM's chunks through, so that is the default here.
     p.add_argument("--stream-format", default="backend", choices=("openai", "backend", "text"))
@@ -183,6 +182,11 @@ def read_router_flags(argv: list[str]) -> RouterFlags:
         # The router serves /metrics and /engines on its listener; its users scrape them there.
         "public_router_endpoints": True,
         "stream_format": args.stream_format,
+        "stats": {
+            "window_s": args.request_stats_window,
+            "log_interval_s": args.log_stats_interval if args.log_stats else 0.0,
+            "engine_interval_s": args.engine_stats_interval,
+        },
     }
     if args.max_instance_failover_reroute_attempts is not None:
         doc["routing"]["retries"] = args.max_instance_failover_reroute_attempts

@@ -106,6 +106,13 @@ def backend_waiting(text: str) -> float | None:
         return None
 
 
+async def read_envoy_running(envoy_admin: str) -> dict[str, float]:
+    """Requests Envoy has active on each endpoint now ({} when its admin is away)."""
+    async with aiohttp.ClientSession() as s:
+        clusters = await _get(s, f"{envoy_admin}/clusters?format=json", {})
+    return parse_envoy_clusters(json.loads(clusters)) if clusters else {}
+
+
 async def read_live(envoy_admin: str, views: Iterable[EndpointView]) -> Live:
     views = list(views)
     async with aiohttp.ClientSession() as s:

@@ -131,9 +131,22 @@ def test_every_router_flag_is_mapped_ignored_or_refused() -> None:
 def test_ignored_flags_are_noted() -> None:
     from control_plane.router_flags import read_router_flags
 
-    flags = read_router_flags([*FLAGS, "--log-stats", "--root-path", "/api"])
-    assert any(n.startswith("--log-stats ignored:") for n in flags.notes)
+    flags = read_router_flags([*FLAGS, "--root-path", "/api"])
     assert any(n.startswith("--root-path ignored:") for n in flags.notes)
+
+
+def test_stats_flags_map_onto_the_stats_section() -> None:
+    from control_plane.router_flags import read_router_flags
+
+    stats = read_router_flags(
+        [*FLAGS, "--log-stats", "--log-stats-interval", "5", "--request-stats-window", "20",
+         "--engine-stats-interval", "7"]
+    ).config.stats  # fmt: skip
+    assert (stats.log_interval_s, stats.window_s, stats.engine_interval_s) == (5.0, 20.0, 7.0)
+    # Without --log-stats the interval is kept for nothing: no log lines.
+    assert read_router_flags([*FLAGS, "--log-stats-interval", "5"]).config.stats.log_interval_s == 0
+    with pytest.raises(ConfigError, match=r"stats\.window_s"):
+        read_router_flags([*FLAGS, "--request-stats-window", "0"])
 
 
 def test_seed_router_line_parses(tmp_path: Path) -> None:
@@ -143,7 +156,8 @@ def test_seed_router_line_parses(tmp_path: Path) -> None:
     assert "address: 0.0.0.0\n  port: 8123" in proc.stdout
     assert "openai/whisper-small" in proc.stdout
     assert "policy: round_robin" in proc.stdout
-    assert "--log-stats ignored" in proc.stderr
+    assert "log_interval_s: 10.0" in proc.stdout  # --log-stats at the router's interval
+    assert "window_s: 10.0" in proc.stdout and "engine_interval_s: 10.0" in proc.stdout
 
 
 def SEED_LINE(port: str, backends: str) -> list[str]:

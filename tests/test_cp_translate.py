@@ -446,6 +446,7 @@ def test_listener() -> None:
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.lua",
         "whisper.filters.format",
+        "envoy.filters.http.json_to_metadata",
         "envoy.filters.http.router",
     ]
     assert m.stream_idle_timeout.ToSeconds() == 321

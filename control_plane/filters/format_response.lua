@@ -6,6 +6,7 @@
 -- dynamic metadata.
 
 local META = "whisper_gateway"
+local METER = "whisper_gateway.meter"  -- metering, apart from routing metadata
 local RENDERED = {text = "text/plain; charset=utf-8", srt = "application/x-subrip",
   vtt = "text/vtt; charset=utf-8"}
 
@@ -178,6 +179,7 @@ local function convert(event, fmt, st)
   end
   if type(chunk.usage) == "table" then
     local u = chunk.usage
+    st.seconds = tonumber(u.seconds) or st.seconds
     local input, output = tonumber(u.prompt_tokens) or 0, tonumber(u.completion_tokens) or 0
     st.usage = '{"type":"tokens","input_tokens":' .. json_number(input)
       .. ',"output_tokens":' .. json_number(output)
@@ -225,5 +227,10 @@ function envoy_on_response(handle)
     end
     carry = data
     chunk:setBytes(table.concat(out))
+    if st.seconds and not st.metered then
+      -- Audio seconds for metering, read by the access log (docs/architecture.md).
+      handle:streamInfo():dynamicMetadata():set(METER, "audio_seconds", st.seconds)
+      st.metered = true
+    end
   end
 end

@@ -19,6 +19,7 @@ from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -26,6 +27,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import regex_pb2 as matcher_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from control_plane.model import GatewayModel
@@ -45,6 +47,11 @@ MODEL_HEADER = "x-gateway-model"
 #: The second Lua filter: response conversion, enabled per route (routes.py).
 FORMAT_FILTER = "whisper.filters.format"
 
+#: Dynamic metadata namespace of metering: audio seconds read from each response
+#: (json_to_metadata for JSON bodies, the format filter for converted streams).
+METER = "whisper_gateway.meter"
+CLIENT_HEADER = "x-gateway-client"
+
 ACCESS_LOG_FORMAT = {
     "time": "%START_TIME%",
     "request_id": "%REQ(X-REQUEST-ID)%",
@@ -59,8 +66,62 @@ ACCESS_LOG_FORMAT = {
     "bytes_in": "%BYTES_RECEIVED%",
     "bytes_out": "%BYTES_SENT%",
     "duration_ms": "%DURATION%",
+    "upload_ms": "%REQUEST_DURATION%",
+    "first_byte_ms": "%RESPONSE_DURATION%",
     "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "audio_s": f"%DYNAMIC_METADATA({METER}:audio_duration)%",
+    "audio_usage_s": f"%DYNAMIC_METADATA({METER}:audio_seconds)%",
 }
+#: The same fields as one line for people (`log_format: text`).
+ACCESS_LOG_TEXT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" %RESPONSE_CODE% '
+    "%RESPONSE_FLAGS% model=%REQ(X-GATEWAY-MODEL)% client=%REQ(X-GATEWAY-CLIENT)% "
+    "upstream=%UPSTREAM_HOST% in=%BYTES_RECEIVED% out=%BYTES_SENT% ms=%DURATION% "
+    "first_byte_ms=%RESPONSE_DURATION% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
+    f"audio_s=%DYNAMIC_METADATA({METER}:audio_duration)% "
+    f"audio_usage_s=%DYNAMIC_METADATA({METER}:audio_seconds)% "
+    "details=%RESPONSE_CODE_DETAILS% id=%REQ(X-REQUEST-ID)%\n"
+)
+
+
+def access_log_format(fmt: str) -> substitution_format_string_pb2.SubstitutionFormatString:
+    if fmt == "json":
+        return substitution_format_string_pb2.SubstitutionFormatString(
+            json_format=_struct(ACCESS_LOG_FORMAT)
+        )
+    return substitution_format_string_pb2.SubstitutionFormatString(
+        text_format_source=base_pb2.DataSource(inline_string=ACCESS_LOG_TEXT)
+    )
+
+
+def _meter_rule(selectors: tuple[str, ...], key: str) -> json_to_metadata_pb2.JsonToMetadata.Rule:
+    jm = json_to_metadata_pb2.JsonToMetadata
+    return jm.Rule(
+        selectors=[jm.Selector(key=k) for k in selectors],
+        on_present=jm.KeyValuePair(metadata_namespace=METER, key=key, type=jm.NUMBER),
+    )
+
+
+def metering_filter() -> hcm.HttpFilter:
+    """Audio seconds from every JSON response (`duration` of verbose_json, `usage.seconds`
+    of json): Envoy's own parser on bodies it holds anyway (a transcript is small)."""
+    return hcm.HttpFilter(
+        name="envoy.filters.http.json_to_metadata",
+        typed_config=any_of(
+            json_to_metadata_pb2.JsonToMetadata(
+                response_rules=json_to_metadata_pb2.JsonToMetadata.MatchRules(
+                    rules=[
+                        _meter_rule(("duration",), "audio_duration"),
+                        _meter_rule(("usage", "seconds"), "audio_seconds"),
+                    ],
+                    # aiohttp (whisper_backend) adds "; charset=utf-8"; vLLM does not.
+                    allow_content_types_regex=matcher_pb2.RegexMatcher(
+                        regex=r"application/json(\s*;.*)?"
+                    ),
+                )
+            )
+        ),
+    )
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -267,6 +328,9 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
             hcm.HttpFilter(name="envoy.filters.http.lua", typed_config=any_of(lua_pb2.Lua())),
             # Response formats; disabled on the virtual host, enabled per route.
             hcm.HttpFilter(name=FORMAT_FILTER, typed_config=any_of(lua_pb2.Lua())),
+            # Before the format filter on the way out: it meters verbose_json before
+            # the format filter renders it to srt or vtt.
+            metering_filter(),
             hcm.HttpFilter(
                 name="envoy.filters.http.router", typed_config=any_of(router_pb2.Router())
             ),
@@ -297,9 +361,7 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
                 name="envoy.access_loggers.stdout",
                 typed_config=any_of(
                     stream_pb2.StdoutAccessLog(
-                        log_format=substitution_format_string_pb2.SubstitutionFormatString(
-                            json_format=_struct(ACCESS_LOG_FORMAT)
-                        )
+                        log_format=access_log_format(model.access_log_format)
                     )
                 ),
             ),
@@ -318,7 +380,7 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
                             transport_api_version=config_source_pb2.ApiVersion.V3,
                             buffer_flush_interval=seconds(0.5),
                         ),
-                        additional_request_headers_to_log=[MODEL_HEADER],
+                        additional_request_headers_to_log=[MODEL_HEADER, CLIENT_HEADER],
                     )
                 ),
             ),

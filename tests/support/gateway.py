@@ -150,6 +150,8 @@ def gateway_config(backends: list[dict[str, Any]], **overrides: Any) -> dict[str
         # The tests see which backend served a request (off by default: it tells
         # clients internal addresses).
         "edge": {"backend_header": True},
+        # The tests read Envoy's access log line by line as JSON.
+        "log_format": "json",
     }
     cfg.update(overrides)
     return cfg
