@@ -1,0 +1,48 @@
+"""Clips of a chosen length, cut from the speech fixture at run time.
+
+No sox or espeak-ng on a fresh machine, but the backend's own decoder (PyAV via
+faster-whisper) is installed: long_en.ogg (78.7 s of continuous speech) is decoded
+once, looped to the length wanted and written as 16 kHz mono 16-bit WAV. The same
+samples every run, so every arm of a bench sends the same bytes.
+"""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from bench._harness import ROOT
+
+SOURCE = ROOT / "tests" / "fixtures" / "long_en.ogg"
+RATE = 16_000
+
+
+def _speech() -> np.ndarray:
+    from faster_whisper import decode_audio
+
+    audio = decode_audio(str(SOURCE), sampling_rate=RATE)
+    assert isinstance(audio, np.ndarray)
+    return audio
+
+
+def make_clip(dest: Path, seconds: float, offset_s: float = 0.0) -> Path:
+    """`seconds` of speech starting `offset_s` into the fixture, looped past its end."""
+    speech = _speech()
+    n, start = int(seconds * RATE), int(offset_s * RATE) % len(speech)
+    reps = (start + n) // len(speech) + 1
+    samples = np.tile(speech, reps)[start : start + n]
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(dest), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.tobytes())
+    return dest
+
+
+def clip_seconds(path: Path) -> float:
+    with wave.open(str(path), "rb") as w:
+        return w.getnframes() / w.getframerate()
