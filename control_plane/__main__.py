@@ -3,6 +3,7 @@
     python -m control_plane [--config FILE | router flags]     serve xDS and the admin API
     python -m control_plane bootstrap [--xds-host H] [--output F]   Envoy's bootstrap JSON
     python -m control_plane check (or --dry-run)               print the config it would run
+    python -m control_plane status|backends [--json] [--admin URL]   ask a running one
 
 `whisper-gateway` (gateway_supervisor) runs this and Envoy together.
 """
@@ -62,8 +63,27 @@ async def _serve(config: GatewayConfig, config_path: str | None) -> None:
     await runtime.stop()
 
 
+def ask_admin(opts: Options) -> int:
+    """`status` and `backends`: GET the admin API, print a table (or its JSON)."""
+    import aiohttp
+
+    from control_plane.ctl import admin_target, fetch, render
+
+    base, sock = admin_target(opts.config.admin, opts.admin)
+    try:
+        data = asyncio.run(fetch(base, f"/{opts.command}", sock))
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        where_ = f"unix:{sock}" if sock else base
+        print(f"cannot read the admin API at {where_}: {e or type(e).__name__}", file=sys.stderr)
+        return 1
+    print(render(opts.command, data, opts.as_json))
+    return 0
+
+
 def run_tool(opts: Options) -> int | None:
-    """`bootstrap`, `check` and --dry-run; None when the command is `serve`."""
+    """`bootstrap`, `check`, `status`, `backends` and --dry-run; None for `serve`."""
+    if opts.command in ("status", "backends"):
+        return ask_admin(opts)
     if opts.command == "bootstrap":
         boot = build_bootstrap(opts.config, opts.node_id, opts.xds_host)
         emit(json.dumps(boot, indent=2), opts.output)

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from control_plane import ads, als, secrets
+from control_plane import ads, als, csds, secrets
 from control_plane.als import AccessLogServer
 from control_plane.backend_stats import EngineSample, backend_rows, log_line, scrape_engines
 from control_plane.cache import SnapshotCache
@@ -200,7 +200,7 @@ class ControlPlane:
             self.xds_address.address,
             self.xds_address.port,
             self.reconciler.on_ack,
-            lambda server: als.register(server, self.access_log),
+            self._more_services,
             unix_socket=self.xds_address.unix_socket,
             tls=self.xds_address.tls,
         )
@@ -224,6 +224,17 @@ class ControlPlane:
             "xDS (ADS) on %s; models: %s",
             where(self.xds_address),
             ", ".join(spec.models),
+        )
+
+    def _more_services(self, server: grpc.aio.Server) -> None:
+        """On the xDS port beside ADS: the access log service and CSDS."""
+        als.register(server, self.access_log)
+        csds.register(
+            server,
+            csds.ClientStatusServer(
+                lambda: list(self.ads.streams.values()) if self.ads else [],
+                lambda: self.cache.snapshot,
+            ),
         )
 
     async def _await_first_verdicts(self) -> None:

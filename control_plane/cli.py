@@ -1,6 +1,6 @@
 """The command line shared by `whisper-gateway` and `python -m control_plane`.
 
-    [serve|bootstrap|check] [--config FILE | vllm-router flags] [our flags]
+    [serve|bootstrap|check|status|backends] [--config FILE | vllm-router flags] [our flags]
 
 The command, when given, comes first; anything else on the line is a flag, so
 the router's own command line (`--host 0.0.0.0 --port 8001 ...`) reads as-is.
@@ -21,7 +21,7 @@ from control_plane.config import DEFAULT_CONFIG, ConfigError, GatewayConfig, loa
 from control_plane.frontend import version
 from control_plane.router_flags import RouterFlagError, read_router_flags
 
-COMMANDS = ("serve", "bootstrap", "check")
+COMMANDS = ("serve", "bootstrap", "check", "status", "backends")
 LOG_LEVELS = {
     "critical": logging.CRITICAL,
     "error": logging.ERROR,
@@ -45,6 +45,8 @@ class Options:
     run_dir: Path | None
     log_level: str
     log_format: str
+    admin: str | None = None  # `status`/`backends`: the admin API, else the config's
+    as_json: bool = False
 
     @property
     def router_mode(self) -> bool:
@@ -66,6 +68,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--xds-host", help="`bootstrap`: where Envoy dials the control plane")
     p.add_argument("--output", type=Path, help="`bootstrap`/`check`: write to this file")
     p.add_argument("--dry-run", action="store_true", help="print the config, then exit")
+    p.add_argument(
+        "--admin", help="`status`/`backends`: the admin API (http://HOST:PORT or unix:/PATH)"
+    )
+    p.add_argument("--json", action="store_true", help="`status`/`backends`: JSON, for scripts")
     p.add_argument("--run-dir", type=Path, help="whisper-gateway: logs and run files here")
     p.add_argument("--log-level", default="info", type=str.lower, choices=sorted(LOG_LEVELS))
     p.add_argument(
@@ -109,6 +115,8 @@ def parse(argv: list[str], prog: str) -> Options:
         run_dir=args.run_dir,
         log_level=args.log_level,
         log_format=config.log_format,
+        admin=args.admin,
+        as_json=args.json,
     )
 
 

@@ -124,8 +124,7 @@ def test_the_router_line_serves_the_seed_requests(tmp_path: Path) -> None:
     ]  # fmt: skip
     tree = Tree(line, tmp_path / "gateway.out")
     try:
-        out = tree.wait_for("whisper-gateway is up", 90)
-        assert "--log-stats ignored:" in out
+        tree.wait_for("whisper-gateway is up", 90)
         url = f"http://127.0.0.1:{port}"
         status, body = transcribe(url, "openai/whisper-small")
         assert status == 200, body
@@ -147,6 +146,18 @@ def test_the_router_line_serves_the_seed_requests(tmp_path: Path) -> None:
         assert written["routing"]["policy"] == "round_robin"
         # --log-level debug reached the control plane.
         assert " DEBUG " in (tree.run_dir() / "control-plane.log").read_text()
+        # --log-stats with the router's 10 s interval and --request-stats-window 10: a
+        # line for the backend that served the requests above.
+        assert written["stats"] == {
+            "window_s": 10.0,
+            "log_interval_s": 10.0,
+            "engine_interval_s": 10.0,
+        }
+        cp_log = tree.run_dir() / "control-plane.log"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "req/s over 10s" not in cp_log.read_text():
+            time.sleep(0.5)
+        assert f"backend http://127.0.0.1:{bport}" in cp_log.read_text()
         pids = [c["pid"] for c in tree.children().values()]
     finally:
         tree.stop()
