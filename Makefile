@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: up test lint unit bench clean
+.PHONY: up test lint unit bench bench-peer bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,17 @@ test: $(STAMP) lint
 	./scripts/system-deps.sh
 	$(VENV)/bin/pytest -q -ra
 
-bench: $(STAMP)
+# The bench (about 15 minutes, each scenario alone): bench/results/report.md and plots.
+# Its peer, LiteLLM, gets its own venv (.venv-litellm) first: its deps would move ours.
+bench: $(STAMP) bench-peer
 	$(PY) -m bench.run_all
+
+bench-peer: $(STAMP)
+	$(PY) -m bench.litellm_peer --install
+
+# The same code on tiny counts (what CI runs); results in .cache/bench-smoke, not bench/results.
+bench-smoke: $(STAMP) bench-peer
+	BENCH_RESULTS=.cache/bench-smoke $(PY) -m bench.run_all --smoke
 
 clean:
 	rm -rf $(VENV) .cache

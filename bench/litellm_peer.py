@@ -100,9 +100,17 @@ def _free_port() -> int:
 
 
 def peer_config(
-    backends: list[str], models: list[str], num_retries: int, timeout_s: float
+    backends: list[str],
+    models: list[str],
+    num_retries: int,
+    timeout_s: float,
+    pairs: list[tuple[str, str]] | None = None,
 ) -> dict[str, object]:
-    """One deployment per (model, backend): LiteLLM balances a model's group across them."""
+    """One deployment per (model, backend): LiteLLM balances a model's group across them.
+
+    `pairs` ((model, backend URL), ...) replaces the full product when backends
+    serve different models.
+    """
     deployments = [
         {
             "model_name": model,
@@ -114,8 +122,7 @@ def peer_config(
                 "timeout": timeout_s,
             },
         }
-        for model in models
-        for url in backends
+        for model, url in (pairs or [(m, u) for m in models for u in backends])
     ]
     return {
         "model_list": deployments,
@@ -177,12 +184,16 @@ def start_litellm(
     timeout_s: float = 600.0,
     port: int | None = None,
     ready_timeout_s: float = 120.0,
+    deployments: list[tuple[str, str]] | None = None,
 ) -> LiteLLMPeer:
-    """A LiteLLM proxy on 127.0.0.1 in front of `backends` (base URLs), serving `models`."""
+    """A LiteLLM proxy on 127.0.0.1 in front of `backends` (base URLs), serving `models`.
+
+    Every backend serves every model, unless `deployments` lists (model, URL) pairs.
+    """
     exe = ensure_installed()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
-    cfg = peer_config(backends, models, num_retries, timeout_s)
+    cfg = peer_config(backends, models, num_retries, timeout_s, deployments)
     cfg_path = workdir / "litellm.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log_path = workdir / f"litellm-{port}.log"

@@ -1,107 +1,105 @@
-"""`make bench`: every bench in turn (each alone on the machine), then a summary.
+"""`make bench`: every scenario in turn, each alone on the machine, then the report.
 
-Results land in bench/results/*.json; the summary in bench/results/summary.md.
+Each scenario is its own process (`python -m bench.X`, `--smoke` passed on), one
+after the other, so no two loads share the cores. A module that does not exist, or
+that fails or overruns its time, is reported as such and the others still run: the
+report then shows what is missing instead of the run stopping half way. The run's
+own record (which module ran, how long, its exit) goes to run_all.json beside the
+results; the exit code is non-zero when any scenario did not complete.
+
+    .venv/bin/python -m bench.run_all [--smoke] [--only throughput,uploads]
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import importlib.util
+import os
+import signal
 import subprocess
 import sys
+import time
+from typing import Any
 
-from bench._harness import RESULTS
+from bench._harness import write_result
+from bench.report import write_report
 
-BENCHES = [
+# The issue's scenarios (1-7) and the older benches; about 15 minutes in all.
+SCENARIOS = [
     "bench.backend_rtf",
-    "bench.gateway_vs_direct",
+    "bench.throughput",
+    "bench.uploads",
     "bench.failover",
-    "bench.reconciler_push",
+    "bench.scheduling",
     "bench.formats",
+    "bench.cp_scale",
     "bench.crash",
+    "bench.reconciler_push",
 ]
+# A bound per scenario, far above its planned time: a hung run must not hold the bench.
+TIMEOUT_S = {"full": 900.0, "smoke": 240.0}
 
 
-def summary() -> str:
-    lines = ["# Bench summary", ""]
-    gw = json.loads((RESULTS / "gateway_vs_direct.json").read_text())
-    d, g = gw["direct"], gw["gateway"]
-    lines += [
-        f"Gateway vs direct ({gw['load']}, same fake backend, same run):",
-        "",
-        "| path | req/s | p50 ms | p99 ms |",
-        "|---|---|---|---|",
-        f"| direct | {d['rps']:.0f} | {d['p50_ms']:.2f} | {d['p99_ms']:.2f} |",
-        f"| gateway | {g['rps']:.0f} | {g['p50_ms']:.2f} | {g['p99_ms']:.2f} |",
-        "",
-        f"Throughput ratio {gw['throughput_ratio']:.2f}x (reference router 0.42x), "
-        f"p99 ratio {gw['p99_ratio']:.2f}x. Envoy RSS "
-        f"{gw['memory']['envoy_rss_before_mb']:.0f} MB -> peak "
-        f"{gw['memory']['envoy_rss_peak_mb']:.0f} MB for 16 concurrent 25 MB uploads.",
-        "",
-    ]
-    fo = json.loads((RESULTS / "failover.json").read_text())
-    m = fo["median"]
-    lines += [
-        f"Failover (median of {len(fo['runs'])} runs):",
-        "",
-        "| figure | whisper-gateway | reference router |",
-        "|---|---|---|",
-        f"| killed backend: last request sent to it | {m['kill_to_last_request_sent_s']:.2f} s"
-        " | 5.2 s |",
-        f"| killed backend: probes' verdict | {m['kill_to_probe_verdict_s']:.2f} s | 5.2 s |",
-        f"| client failures during a kill under load | {fo['client_failures_during_kill_total']}"
-        f" of {fo['requests_during_kill_total']} (in flight on the dead backend) | n/a |",
-        f"| health decision -> Envoy ACK of EDS | {m['decision_to_eds_ack_ms']:.1f} ms | n/a |",
-        f"| restarted backend ready -> first request | "
-        f"{m['backend_ready_to_first_served_s']:.1f} s | 4.3 s |",
-        "",
-    ]
-    rp = json.loads((RESULTS / "reconciler_push.json").read_text())
-    lines += [
-        f"Reconciler debounce ({rp['endpoints']} endpoints, real Envoy, same run):",
-        "",
-        "| debounce | verdict -> EDS ACK median / p99 | burst of 50 verdicts over 50 ms: "
-        "pushes, to last ACK |",
-        "|---|---|---|",
-    ]
-    for key in ("no_debounce", "debounced"):
-        r = rp[key]
-        v, b = r["verdict_to_eds_ack_ms"], r["burst_of_50_over_50ms"]
-        lines.append(
-            f"| {r['debounce_ms']:.0f} ms | {v['median']:.1f} / {v['p99']:.1f} ms "
-            f"| {b['pushes_median']:.0f}, {b['to_last_ack_ms_median']:.0f} ms |"
-        )
-    fm = json.loads((RESULTS / "formats.json").read_text())
-    ev, rd = fm["events"], fm["render_10min"]
-    lines += [
-        "",
-        f"Streamed events ({ev['direct']['n']} per path, same run), latency per event:",
-        "",
-        "| path | p50 ms | p99 ms |",
-        "|---|---|---|",
-    ]
-    for key in ("direct", "gateway_pass_through", "gateway_openai_conversion"):
-        lines.append(f"| {key} | {ev[key]['p50_ms']:.2f} | {ev[key]['p99_ms']:.2f} |")
-    met = "met" if ev["target_met"] else "missed"
-    lines += [
-        "",
-        f"Conversion adds {ev['conversion_added_p50_ms']:.2f} ms at p50 and "
-        f"{ev['conversion_added_p99_ms']:.2f} ms at p99 (target < 1 ms at p99: {met}). "
-        f"srt of a 10-minute file ({rd['segments']} segments): {rd['srt_median_ms']:.1f} ms "
-        f"vs {rd['verbose_json_median_ms']:.1f} ms for verbose_json passed through "
-        f"(+{rd['srt_added_ms']:.1f} ms).",
-    ]
-    return "\n".join(lines)
+def _stop_group(pid: int) -> None:
+    """End a scenario that overran, and the processes it started (its own group)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(3)
 
 
-def main() -> None:
-    for name in BENCHES:
-        print(f"== {name}", flush=True)
-        subprocess.run([sys.executable, "-m", name], check=True)
-    text = summary()
-    (RESULTS / "summary.md").write_text(text + "\n")
-    print(text)
+def run_one(module: str, smoke: bool) -> dict[str, Any]:
+    if importlib.util.find_spec(module) is None:
+        print(f"== {module}: MISSING (no such module)", flush=True)
+        return {"module": module, "status": "missing", "wall_s": 0.0, "returncode": None}
+    argv = [sys.executable, "-m", module, *(["--smoke"] if smoke else [])]
+    print(f"== {' '.join(argv[1:])}", flush=True)
+    t0 = time.monotonic()
+    # Its own process group, so an overrun ends everything it started, by that id.
+    proc = subprocess.Popen(argv, start_new_session=True)
+    limit = TIMEOUT_S["smoke" if smoke else "full"]
+    try:
+        rc: int | None = proc.wait(limit)
+        status = "ok" if rc == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        _stop_group(proc.pid)
+        proc.wait(10)
+        rc, status = None, f"timed out after {limit:.0f} s"
+    wall = time.monotonic() - t0
+    print(f"== {module}: {status} in {wall:.1f} s", flush=True)
+    return {"module": module, "status": status, "wall_s": wall, "returncode": rc}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--smoke", action="store_true", help="each scenario on tiny counts")
+    ap.add_argument("--only", default="", help="comma-separated short names, e.g. throughput")
+    a = ap.parse_args(argv)
+    chosen = SCENARIOS
+    if a.only:
+        want = {f"bench.{n.strip()}" for n in a.only.split(",") if n.strip()}
+        chosen = [m for m in SCENARIOS if m in want] + sorted(want - set(SCENARIOS))
+    t0 = time.monotonic()
+    runs = [run_one(m, a.smoke) for m in chosen]
+    total = time.monotonic() - t0
+    write_result(
+        "run_all",
+        {
+            "command": "python -m bench.run_all" + (" --smoke" if a.smoke else ""),
+            "smoke": a.smoke,
+            "wall_s": total,
+            "runs": runs,
+        },
+    )
+    report = write_report()
+    bad = [r for r in runs if r["status"] != "ok"]
+    for r in runs:
+        print(f"{r['status']:>10}  {r['wall_s']:6.1f} s  {r['module']}")
+    print(f"total {total:.0f} s; report: {report}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,6 +15,10 @@ Run as `python tests/support/fake_backend.py --mode MODE --port N`. Modes:
   error_stream     one chunk, then an error event, then [DONE]
   echo_form    parses the upload with whisper_backend's own form reader (aiohttp) and
                answers the `model` it read ({"text", "model"}), or that reader's error
+  form_cost    a backend of realistic per-request cost (bench): parses the whole upload
+               with whisper_backend's form reader, burns --cpu seconds of CPU, waits
+               --delay seconds (latency that costs no CPU here, as a GPU's), then answers
+               in vLLM's json shape
 Each request's headers are kept so a test can read what reached the backend
 (GET /_fake/requests).
 """
@@ -68,7 +72,9 @@ def _verbose_10min() -> dict[str, object]:
     return {"language": "en", "duration": 600.0, "text": text, "segments": segments}
 
 
-def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Application:
+def make_app(
+    mode: str, delay: float, interval: float, chunks: int, cpu: float = 0.0
+) -> web.Application:
     async def transcribe(request: web.Request) -> web.StreamResponse:
         IN_FLIGHT["now"] += 1
         IN_FLIGHT["max"] = max(IN_FLIGHT["max"], IN_FLIGHT["now"])
@@ -80,6 +86,8 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
     async def _transcribe(request: web.Request) -> web.StreamResponse:
         if mode == "echo_form":
             return await _echo_form(request)
+        if mode == "form_cost":
+            return await _form_cost(request)
         body = await request.read()
         SEEN.append(
             {
@@ -162,6 +170,21 @@ def make_app(mode: str, delay: float, interval: float, chunks: int) -> web.Appli
         SEEN.append({"headers": dict(request.headers), "model": raw.fields.get("model")})
         return web.json_response({"text": " fake", "model": raw.fields.get("model")})
 
+    async def _form_cost(request: web.Request) -> web.Response:
+        # What every real backend pays: the whole form read and parsed, then its work.
+        try:
+            raw = await read_form(request, 64 * 1024 * 1024)
+        except ApiError as e:
+            return e.response()
+        end = time.thread_time() + cpu
+        while time.thread_time() < end:
+            pass
+        await asyncio.sleep(delay)
+        return web.json_response(
+            {"text": " fake", "model": raw.fields.get("model"),
+             "usage": {"type": "duration", "seconds": 1}}
+        )  # fmt: skip
+
     async def health(_: web.Request) -> web.Response:
         return web.Response()
 
@@ -199,6 +222,7 @@ def main() -> None:
             "bytewise_stream",
             "error_stream",
             "echo_form",
+            "form_cost",
         ],
     )
     p.add_argument("--host", default="127.0.0.1")
@@ -206,9 +230,10 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=17.0)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--chunks", type=int, default=5)
+    p.add_argument("--cpu", type=float, default=0.0, help="form_cost: CPU seconds per request")
     a = p.parse_args()
     web.run_app(
-        make_app(a.mode, a.delay, a.interval, a.chunks),
+        make_app(a.mode, a.delay, a.interval, a.chunks, a.cpu),
         host=a.host,
         port=a.port,
         print=None,
