@@ -99,6 +99,9 @@ function envoy_on_request(handle)
       .. body:getBytes(rf_at + #rf, len - rf_at - #rf)
     body:setBytes(new)
     handle:headers():replace("content-length", tostring(#new))
+    -- Up to three strings the size of the body: freed now, not at the collector's pace.
+    new = nil
+    collectgarbage()
     meta:set(META, "render", rf)
   end
   -- For the backend and the access log only; routing never reads it.
