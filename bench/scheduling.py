@@ -3,16 +3,17 @@
 Two real tiny.en whisper_backend processes, each one worker of one thread: each is a
 serial queue, like one GPU, and the two together fill this machine's 2 cores (Envoy,
 the control plane, the client and LiteLLM take their CPU from the same cores; that is
-part of what each arm costs here). One seeded schedule of open-loop (Poisson) arrivals
-mixes 5 s clips and 90 s clips (cut from tests/fixtures/long_en.ogg, bench/_clips.py);
-the arrival rates are set from the clips' service times measured at the start of the
-run, so the offered load is the same fraction of this machine's capacity on any
-machine. The same schedule is replayed, one arm after the other, through:
+part of what each arm costs here). One seeded schedule of 60 clips of 5 s and 6 of
+90 s (cut from tests/fixtures/long_en.ogg, bench/_clips.py) arrives open loop, as a
+Poisson process: its span is set from the clips' service times measured at the start
+of the run, so the offered work is 80 % of the two workers' capacity on any machine.
+The same schedule is replayed, one arm after the other, through:
 
 - direct: the client sends to the backends itself, the mix split evenly by hand
   (the n-th clip of each kind to backend n mod 2): the baseline;
 - the gateway with `routing.policy: least_request` (the default) and `round_robin`,
-  otherwise the deployed defaults (health probes every 5 s, max_concurrency 4);
+  otherwise the deployed defaults (max_concurrency 4; health probes every 5 s, each
+  a real transcription of a short clip: work the other arms do not have);
 - the LiteLLM proxy with its default routing (bench/litellm_peer.py).
 
 Figures per arm: latency p50/p99 of the short clips (what a bad placement behind a
@@ -59,15 +60,15 @@ class Plan:
 
     short_s: float = 5.0
     long_s: float = 90.0
-    arrivals_s: float = 30.0  # how long jobs keep arriving, per arm
+    shorts: int = 60  # jobs per arm (p99 of 60 is their maximum: stated as such)
+    longs: int = 6
     load: float = 0.8  # offered work / the two workers' capacity
-    long_work_share: float = 0.5  # of the offered work, the part in long clips
     calibration_shorts: int = 3
     deadline_s: float = 120.0
 
 
 FULL = Plan()
-SMOKE = Plan(short_s=1.0, long_s=6.0, arrivals_s=4.0, load=0.5, calibration_shorts=1)
+SMOKE = Plan(short_s=1.0, long_s=6.0, shorts=4, longs=1, load=0.5, calibration_shorts=1)
 
 
 @dataclass(frozen=True)
@@ -213,24 +214,20 @@ def summarise(done: list[Done], clips: Clips) -> dict[str, Any]:
     }
 
 
+def arrivals_s(plan: Plan, service: dict[str, float]) -> float:
+    """How long the jobs take to arrive: their work, measured, over `load` of 2 workers."""
+    work = plan.shorts * service["short"] + plan.longs * service["long"]
+    return work / (plan.load * 2)
+
+
 def make_schedule(plan: Plan, service: dict[str, float], seed: int = SEED) -> list[Job]:
-    """Poisson arrivals per kind, rates from the measured service times: `load` of two
-    workers, `long_work_share` of it in long clips."""
+    """Poisson arrivals of a fixed number of each kind (given n arrivals of a Poisson
+    process over a span, their times are n uniform draws), the span from the measured
+    service times, so the offered work is `load` of the two workers' capacity."""
     rng = random.Random(seed)
-    work = plan.load * 2  # worker-seconds offered per second
-    rates = {
-        "long": work * plan.long_work_share / service["long"],
-        "short": work * (1 - plan.long_work_share) / service["short"],
-    }
-    jobs: list[tuple[float, str]] = []
-    for kind, rate in rates.items():
-        t = rng.expovariate(rate)
-        while t < plan.arrivals_s:
-            jobs.append((t, kind))
-            t += rng.expovariate(rate)
-        if not any(k == kind for _, k in jobs):  # a short (smoke) run still has both kinds
-            jobs.append((rng.uniform(0, plan.arrivals_s), kind))
-    jobs.sort()
+    span = arrivals_s(plan, service)
+    kinds = ["short"] * plan.shorts + ["long"] * plan.longs
+    jobs = sorted((rng.uniform(0, span), kind) for kind in kinds)
     seen: Counter[str] = Counter()
     schedule = []
     for at, kind in jobs:
@@ -322,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(warm(u, clips, plan))
         service = asyncio.run(service_times(urls[0], clips, plan))
         schedule = make_schedule(plan, service)
+        span = arrivals_s(plan, service)
         arms: dict[str, Any] = {}
         arms["direct"] = {
             "settings": "the n-th clip of each kind to backend n mod 2",
@@ -347,12 +345,9 @@ def main(argv: list[str] | None = None) -> None:
             "clips_s": clips.seconds,
             "service_time_s": {k: round(v, 3) for k, v in service.items()},
             "offered_load": plan.load,
-            "long_work_share": plan.long_work_share,
-            "arrivals_s": plan.arrivals_s,
+            "arrivals_s": round(span, 2),
             "jobs": dict(Counter(j.kind for j in schedule)),
-            "offered_audio_s_per_s": round(
-                sum(clips.seconds[j.kind] for j in schedule) / plan.arrivals_s, 2
-            ),
+            "offered_audio_s_per_s": round(sum(clips.seconds[j.kind] for j in schedule) / span, 2),
             "seed": SEED,
         },
         "arms": arms,
