@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,7 @@ def plot_throughput(data: dict[str, Any], plots: Path) -> list[str]:
             ax2.plot(xs, [r.get("p99_ms", math.nan) for r in rows], ls="--", label=f"{p} p99", **kw)
         for ax in (ax1, ax2):
             ax.set_xscale("log", base=2)
+            ax.set_xticks([float(c) for c in levels], levels)
             ax.set_xlabel("concurrency (connections)")
             ax.grid(True, alpha=0.3)
         ax1.set_ylabel("requests/s")
@@ -268,6 +270,61 @@ def plot_rss(name: str, data: dict[str, Any], plots: Path) -> list[str]:
     return [png.name]
 
 
+def _case_tables(data: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{path: {case: figures}} where a result holds that shape (uploads.json does)."""
+    res = data.get("results")
+    if not isinstance(res, dict):
+        return {}
+    return {
+        path: {c: r for c, r in cases.items() if isinstance(r, dict)}
+        for path, cases in res.items()
+        if isinstance(cases, dict) and any(isinstance(r, dict) for r in cases.values())
+    }
+
+
+def _natural(text: str) -> list[Any]:
+    """'5MB_c16' after '1MB_c1' and before '25MB_c1': numbers compare as numbers."""
+    parts = re.findall(r"(\d+\.?\d*)|(\D+)", text)
+    return [(0, float(t), "") if t else (1, 0.0, w) for t, w in parts]
+
+
+def plot_uploads(name: str, data: dict[str, Any], plots: Path) -> list[str]:
+    """Peak RSS, its growth and MB/s per upload case, grouped by path."""
+    table = _case_tables(data)
+    cases = sorted({c for rows in table.values() for c in rows}, key=_natural)
+    panels = [
+        (k, label)
+        for k, label in (
+            ("rss_peak_mb", "peak RSS (MiB)"),
+            ("growth_mb", "RSS growth over idle (MiB)"),
+            ("mb_per_s", "upload MB/s"),
+        )
+        if any(isinstance(r.get(k), int | float) for rows in table.values() for r in rows.values())
+    ]
+    if not cases or not panels:
+        return plot_rss(name, data, plots)
+    paths = list(table)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    width = 0.8 / max(1, len(paths))
+    for ax, (k, label) in zip(axes[0], panels, strict=True):
+        for i, p in enumerate(paths):
+            ys = [table[p].get(c, {}).get(k) for c in cases]
+            vals = [float(y) if isinstance(y, int | float) else math.nan for y in ys]
+            colour = PATH_STYLE.get(p, ("C7", "o"))[0]
+            ax.bar([x + i * width for x in range(len(cases))], vals, width, label=p, color=colour)
+        ax.set_xticks([x + width * (len(paths) - 1) / 2 for x in range(len(cases))], cases)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(f"{name}: per upload case (size_concurrency) {data.get('measured_at', '')}")
+    fig.tight_layout()
+    png = plots / f"{name}.png"
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return [png.name]
+
+
 def section(name: str, data: dict[str, Any], plots: Path) -> list[str]:
     lines = [f"## {TITLES.get(name, name)} (`{name}.json`)", ""]
     if "_error" in data:
@@ -278,7 +335,9 @@ def section(name: str, data: dict[str, Any], plots: Path) -> list[str]:
         if name == "throughput":
             lines += ["", *throughput_tables(data)]
             pngs += plot_throughput(data, plots)
-        if name == "uploads" or (name != "throughput" and any(True for _ in rss_series(data))):
+        if name == "uploads":
+            pngs += plot_uploads(name, data, plots)
+        elif name != "throughput" and any(True for _ in rss_series(data)):
             pngs += plot_rss(name, data, plots)
     except Exception as e:  # a plot must never hide the rest of the report
         lines.append(f"- plot failed: {e!r}")
@@ -306,6 +365,8 @@ def write_report(results_dir: Path = RESULTS) -> Path:
     run_log = results.pop("run_all", None)
     plots = results_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
+    for stale in plots.glob("*.png"):  # every plot is this function's own: none outlives its data
+        stale.unlink()
     missing = [s for s in SCENARIOS if s not in results]
     lines = [
         "# Bench report",
