@@ -22,6 +22,7 @@ import asyncio
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -313,8 +314,8 @@ def targets_of(
         for c in cmp["by_concurrency"]:
             out.append(
                 target(
-                    f"{cmp['model']} RTF via the gateway over direct, concurrency "
-                    f"{c['concurrency']} (median of pairs of rounds)",
+                    f"{cmp['model'].split('/')[-1]} RTF via gateway / direct, c="
+                    f"{c['concurrency']} (median of round pairs)",
                     f">= {GATEWAY_RATIO_TARGET}x",
                     c["gateway_over_direct_median_pair"],
                     c["gateway_over_direct_median_pair"] >= GATEWAY_RATIO_TARGET,
@@ -337,7 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--smoke", action="store_true", help="tiny.en, the short clip, one round, no doc"
     )
-    args = p.parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(raw)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     clip, rounds, pairs, models = LONG, args.rounds, args.pairs, args.models
     if args.smoke:
@@ -370,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     path = write_result(
         "backend_rtf",
         {
+            "command": " ".join([".venv/bin/python -m bench.backend_rtf", *raw]).strip(),
             "smoke": args.smoke,
             "cores": cores,
             "loadavg_before": load,

@@ -714,6 +714,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     result = asyncio.run(run(SMOKE if args.smoke else FULL))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
+    result["command"] = ".venv/bin/python -m bench.cp_scale" + (" --smoke" if args.smoke else "")
     path = write_result("cp_scale", result)
     for t in result["targets"]:
         print(
