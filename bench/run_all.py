@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(
         "run_all",
         {
-            "command": "python -m bench.run_all" + (" --smoke" if a.smoke else ""),
+            "command": ".venv/bin/python -m bench.run_all" + (" --smoke" if a.smoke else ""),
             "smoke": a.smoke,
             "wall_s": total,
             "runs": runs,

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     data = run(a.smoke)
     levels, dur = data["levels"], data["duration_s"]
     result = {
-        "command": "python -m bench.throughput" + (" --smoke" if a.smoke else ""),
+        "command": ".venv/bin/python -m bench.throughput" + (" --smoke" if a.smoke else ""),
         "smoke": a.smoke,
         "load": (
             f"wrk -t{{1 at c=1, else 2}} -c{{{','.join(map(str, levels))}}} -d{dur:g}s "
