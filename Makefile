@@ -40,4 +40,4 @@ bench-smoke: $(STAMP) bench-peer
 	BENCH_RESULTS=.cache/bench-smoke $(PY) -m bench.run_all --smoke
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .venv-litellm .cache

@@ -27,7 +27,7 @@ import aiohttp
 from support.gateway import gateway_config, start_gateway  # type: ignore[import-not-found]
 from support.procs import start_fake  # type: ignore[import-not-found]
 
-from bench._harness import write_result
+from bench._harness import target, write_result
 
 STREAM_MODEL, LONG_MODEL = "fake/timed", "fake/long"
 
@@ -130,12 +130,24 @@ async def run(events: int, requests: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--events", type=int, default=1000)
     p.add_argument("--requests", type=int, default=30)
-    args = p.parse_args()
-    result = asyncio.run(run(args.events, args.requests))
+    p.add_argument("--smoke", action="store_true", help="50 events, 3 requests: CI")
+    args = p.parse_args(argv)
+    events, requests = (50, 3) if args.smoke else (args.events, args.requests)
+    result = asyncio.run(run(events, requests))
+    ev = result["events"]
+    result["command"] = "python -m bench.formats" + (" --smoke" if args.smoke else "")
+    result["targets"] = [
+        target(
+            "OpenAI stream conversion adds < 1 ms per event at p99",
+            "< 1 ms",
+            ev["conversion_added_p99_ms"],
+            ev["conversion_added_p99_ms"] < 1.0,
+        )
+    ]
     print(write_result("formats", result).read_text())
 
 

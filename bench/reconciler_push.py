@@ -22,7 +22,7 @@ from typing import Any
 from support.gateway import Gateway, gateway_config, write_bootstrap  # type: ignore[import-not-found]
 from support.procs import start_fake  # type: ignore[import-not-found]
 
-from bench._harness import write_result
+from bench._harness import target, write_result
 from control_plane.app import ControlPlane
 from control_plane.config import parse_config
 from control_plane.model import EndpointHealth
@@ -124,11 +124,17 @@ async def run(flips: int) -> dict[str, Any]:
         fake.stop()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--flips", type=int, default=40)
-    args = p.parse_args()
-    result = asyncio.run(run(args.flips))
+    p.add_argument("--smoke", action="store_true", help="5 flips: CI")
+    args = p.parse_args(argv)
+    result = asyncio.run(run(5 if args.smoke else args.flips))
+    burst = result["debounced"]["burst_of_50_over_50ms"]["pushes_median"]
+    result["command"] = "python -m bench.reconciler_push" + (" --smoke" if args.smoke else "")
+    result["targets"] = [
+        target("a burst of 50 verdicts in 50 ms, debounced: EDS pushes", "<= 5", burst, burst <= 5)
+    ]
     path = write_result("reconciler_push", result)
     print(path.read_text())
 
