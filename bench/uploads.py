@@ -9,7 +9,10 @@ bodies in flight (concurrency x size). Every proxy is a fresh process for each c
 in the full run, so memory a previous case left in its heap hides nothing. For
 LiteLLM the RSS is the whole process tree's (a worker may fork); for Envoy, tcmalloc's
 own peak (`allocated` from /memory) is recorded beside the RSS, and whether the
-router gave up retries to save memory (it must not: retries are kept).
+router gave up retries to save memory (it must not: retries are kept). The biggest
+case runs once more on a gateway with `routing.retries: 0`: with any retry policy
+Envoy's router keeps each upload for a retry and sends a copy, and this shows what
+that copy costs in the same run.
 
 Target: Envoy's growth at most 1.1x the bodies in flight (16 x 25 MB).
 
@@ -164,11 +167,14 @@ def _cluster_stat(gw: Gateway, suffix: str) -> int:
 
 
 class GatewayPath:
-    """The gateway; Envoy restarted (the control plane stays) for a fresh heap."""
+    """The gateway; Envoy restarted (the control plane stays) for a fresh heap.
 
-    name = "gateway"
+    `retries=None` is the default config (a retry on reset: the router keeps each
+    upload for it and sends a copy); 0 turns retries off, so no copy is made."""
 
-    def __init__(self, work: Path, backend_port: int) -> None:
+    def __init__(self, work: Path, backend_port: int, retries: int | None = None) -> None:
+        self.name = "gateway" if retries is None else f"gateway_retries_{retries}"
+        routing = {} if retries is None else {"routing": {"retries": retries}}
         cfg = gateway_config(
             [
                 {
@@ -178,6 +184,7 @@ class GatewayPath:
                     "health": {"enabled": False},
                 }
             ],
+            **routing,
         )
         self.gw = start_gateway(work, cfg)
         self.gw.wait_synced()
@@ -222,11 +229,10 @@ class GatewayPath:
 class LiteLLMPath:
     """The LiteLLM proxy in front of the same backend; restarted for a fresh heap."""
 
-    name = "litellm"
-
     def __init__(self, work: Path, backend_port: int) -> None:
         from bench.litellm_peer import start_litellm
 
+        self.name = "litellm"
         self._start = lambda: start_litellm(work, [f"http://127.0.0.1:{backend_port}"], [MODEL])
         self.peer = self._start()
         self.url = self.peer.url + PATH
@@ -278,7 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-uploads-"))
     fake, port = start_fake(work, "fast")
     direct_url = f"http://127.0.0.1:{port}{PATH}"
-    results: dict[str, dict[str, Any]] = {"direct": {}, "gateway": {}, "litellm": {}}
+    results: dict[str, dict[str, Any]] = {
+        "direct": {},
+        "gateway": {},
+        "litellm": {},
+        "gateway_retries_0": {},
+    }
     notes: list[str] = []
     t_start = time.monotonic()
     try:
@@ -289,6 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         paths: list[Callable[[], GatewayPath | LiteLLMPath]] = [
             lambda: GatewayPath(work / "gateway", port)
         ]
+        if not args.smoke:
+            # The same gateway with `routing.retries: 0` on the biggest case: what the
+            # retry's copy of each upload costs, measured in this run.
+            paths.append(lambda: GatewayPath(work / "gateway-no-retries", port, retries=0))
         if args.no_litellm:
             notes.append("LiteLLM not run (--no-litellm)")
         else:
@@ -299,8 +314,11 @@ def main(argv: list[str] | None = None) -> None:
             except Exception as e:  # the peer is optional: say why it is missing
                 notes.append(f"LiteLLM not measured: {e!r}"[:500])
                 continue
+            todo = cases(plan)
+            if path.name.startswith("gateway_retries"):
+                todo = todo[-1:]
             try:
-                for i, (size, conc) in enumerate(cases(plan)):
+                for i, (size, conc) in enumerate(todo):
                     if plan.fresh_proxy_per_case and i > 0:
                         path.fresh()
                     r = path.measure(size, conc, rounds_for(plan, size, conc))
@@ -341,10 +359,11 @@ def main(argv: list[str] | None = None) -> None:
             "wall_s": time.monotonic() - t_start,
         },
     )
-    print(f"{'case':>12} {'path':>8} {'MB/s':>8} {'x direct':>8} {'growth MB':>10} {'x bodies':>8}")
+    head = f"{'case':>12} {'path':>17} {'MB/s':>8} {'x direct':>8}"
+    print(f"{head} {'growth MB':>10} {'x bodies':>8}")
     for size, conc in cases(plan):
         k = key(size, conc)
-        for name in ("direct", "gateway", "litellm"):
+        for name in ("direct", "gateway", "gateway_retries_0", "litellm"):
             row: dict[str, Any] | None = results[name].get(k)
             if not row:
                 continue
@@ -353,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
                 growth = f"{row['growth_mb']:10.0f} {row['growth_ratio']:8.2f}"
             rel = row.get("mb_per_s_ratio_to_direct")
             print(
-                f"{k:>12} {name:>8} {row['mb_per_s']:8.0f} "
+                f"{k:>12} {name:>17} {row['mb_per_s']:8.0f} "
                 f"{(f'{rel:.2f}' if rel else '-'):>8} {growth}  ok {row['ok']}/{row['uploads']}"
             )
     for t in targets:
