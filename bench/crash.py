@@ -17,7 +17,7 @@ had started (a stream cut by the crash after its headers reached the client: no 
 can help), requests Envoy retried, connections the crash reset with a request on them,
 retries the retry budget refused.
 
-    .venv/bin/python -m bench.crash [--runs 3]
+    .venv/bin/python -m bench.crash [--runs 3] [--smoke]
 
 tests/test_e2e_crash.py asserts on the same scenario (`crash_once`).
 """
@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import tempfile
 import time
@@ -42,7 +41,7 @@ from support.gateway import Gateway, gateway_config, start_gateway  # type: igno
 from support.load import Trace, steady_load  # type: ignore[import-not-found]
 from support.procs import Proc, free_port, start_backend  # type: ignore[import-not-found]
 
-from bench._harness import write_result
+from bench._harness import target, write_result
 from control_plane.model import cluster_name
 
 TINY = "openai/whisper-tiny.en"
@@ -332,18 +331,24 @@ def table(totals: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3, help="kills per setting")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke", action="store_true", help="one kill at c=4 with the retry on and off, for CI"
+    )
+    args = parser.parse_args(argv)
+    settings = SETTINGS[:2] if args.smoke else SETTINGS
+    if args.smoke:
+        args.runs = 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="bench-crash-"))
     load_before = os.getloadavg()
     pair = Pair(work)
-    runs: dict[str, list[CrashRun]] = {s.name: [] for s in SETTINGS}
+    runs: dict[str, list[CrashRun]] = {s.name: [] for s in settings}
     try:
         for i in range(args.runs):  # settings interleaved: on and off share conditions
-            for s in SETTINGS:
+            for s in settings:
                 run = crash_once(work / f"gw-{i}-{s.name}", pair, s)
                 runs[s.name].append(run)
                 print(json.dumps({k: v for k, v in run.summary().items() if k != "failed"}))
@@ -351,13 +356,11 @@ def main() -> None:
         pair.stop()
     totals = {name: _total(rs) for name, rs in runs.items()}
     result = {
-        "command": f".venv/bin/python -m bench.crash --runs {args.runs}",
-        "machine": {
-            "cores": os.cpu_count(),
-            "arch": platform.machine(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        "command": ".venv/bin/python -m bench.crash"
+        + (" --smoke" if args.smoke else f" --runs {args.runs}"),
+        "smoke": args.smoke,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
         "scenario": {
             "backends": "2 x whisper_backend openai/whisper-tiny.en, defaults (2 workers)",
             "gateway": "defaults (max_concurrency 4 per backend, health interval 5 s, "
@@ -367,6 +370,16 @@ def main() -> None:
             "load_after_kill_s": 4.0,
         },
         "totals": totals,
+        "targets": [
+            target(
+                f"{name}: client failures of unstarted requests",
+                "== 0",
+                t["failures_response_not_started"],
+                t["failures_response_not_started"] == 0,
+            )
+            for name, t in totals.items()
+            if name.endswith("retry_on_reset_on")
+        ],
         "runs": {name: [r.summary() for r in rs] for name, rs in runs.items()},
     }
     path = write_result("crash", result)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support.gateway import gateway_config, start_gateway  # type: ignore[import-not-found]
+from support.gateway import Gateway, gateway_config, start_gateway  # type: ignore[import-not-found]
 from support.procs import Proc, free_port, start_backend  # type: ignore[import-not-found]
 
 from bench._clips import clip_seconds, make_clip
@@ -269,10 +269,21 @@ def gateway_arm(
     gw = start_gateway(work / f"gw-{policy}", cfg)
     try:
         gw.wait_backends(set(keys))
+        before = probes_sent(gw)
         result = run_arm(schedule, lambda _: str(gw.url), TINY, clips, plan)
+        probes = probes_sent(gw) - before
     finally:
         gw.stop()
-    return {"settings": f"routing.policy {policy}, other settings the defaults", **result}
+    return {
+        "settings": f"routing.policy {policy}, other settings the defaults",
+        # Each probe is a transcription on the same single-worker backends.
+        "health_probes_during_arm": probes,
+        **result,
+    }
+
+
+def probes_sent(gw: Gateway) -> int:
+    return sum(int(b["probe"].get("probes_total") or 0) for b in gw.backends())
 
 
 def litellm_arm(
