@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         "gateway_retries_0": {},
     }
     notes: list[str] = []
+    peer_version: str | None = None
     t_start = time.monotonic()
     try:
         for size, conc in cases(plan):
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                     r["mb_per_s_ratio_to_direct"] = r["mb_per_s"] / d if d else None
                     results[path.name][key(size, conc)] = r
                 if isinstance(path, LiteLLMPath):
-                    results["litellm_version"] = {"version": path.version}
+                    peer_version = path.version
             finally:
                 path.stop()
     finally:
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             "fresh_proxy_per_case": plan.fresh_proxy_per_case,
             "sample_interval_s": SAMPLE_S,
             "results": results,
+            "litellm_version": peer_version,
             "targets": targets,
             "notes": notes,
             "wall_s": time.monotonic() - t_start,
