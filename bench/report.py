@@ -259,9 +259,7 @@ def plot_rss(name: str, data: dict[str, Any], plots: Path) -> list[str]:
     ax.set_yticks(range(len(series)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("RSS (MB; keys ending _kb or _bytes converted)")
-    ax.set_title(
-        f"{name}: RSS per upload run (Envoy blue, LiteLLM red) {data.get('measured_at', '')}"
-    )
+    ax.set_title(f"{name}: RSS figures in the result (LiteLLM red) {data.get('measured_at', '')}")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     png = plots / f"{name}_rss.png"
