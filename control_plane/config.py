@@ -95,6 +95,11 @@ class OutlierConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_upload_mb: float = _bound(25.0, 0.001, 1024)  # Envoy buffers the upload
+    # Uploads up to this size are kept for a resend (a crashed backend's request goes
+    # to another); Envoy's router holds a second copy of each one until the backend
+    # has read it (~2x memory). Larger uploads go without a resend and without the
+    # copy. 0: every upload up to max_upload_mb (the default: no request lost).
+    retry_buffer_mb: float = _bound(0.0, 0.0, 1024)
     request_headers_timeout_s: float = _bound(10.0, 0.1)
     idle_timeout_s: float = _bound(900.0, 0.1)
     connect_timeout_s: float = _bound(2.0, 0.01)

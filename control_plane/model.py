@@ -38,6 +38,7 @@ class Listen:
 @dataclass(frozen=True)
 class Limits:
     max_upload_mb: float
+    retry_buffer_mb: float  # 0: every upload is kept for a resend
     request_headers_timeout_s: float
     idle_timeout_s: float
     connect_timeout_s: float

@@ -47,7 +47,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, in
     proc.stop()
 
 
-def _gateway(backend: tuple[Path, int], name: str, retries: int) -> Gateway:
+def _gateway(
+    backend: tuple[Path, int], name: str, retries: int, retry_buffer_mb: float = 0
+) -> Gateway:
     tmp, port = backend
     cfg = gateway_config(
         [
@@ -59,6 +61,7 @@ def _gateway(backend: tuple[Path, int], name: str, retries: int) -> Gateway:
             }
         ],
         routing={"retries": retries, "retry_on_reset": retries > 0},
+        limits={"retry_buffer_mb": retry_buffer_mb},
     )
     gw = start_gateway(tmp / name, cfg)
     gw.wait_synced()
@@ -141,3 +144,31 @@ def test_with_retries_envoy_holds_at_most_two_bodies_per_upload(
         gw.stop()
     # Measured ~1.6-2.0x: the body kept for a retry and the copy sent upstream.
     assert 0.5 < ratio < 2.5, ratio
+
+
+def test_retry_buffer_cap_is_on_the_model_routes_only_when_below_the_upload_limit() -> None:
+    backends = [{"url": "http://127.0.0.1:8002", "models": [MODEL]}]
+    for cap, want in ((0, None), (1, 1024 * 1024), (25, None), (30, None)):
+        cfg = parse_config({"backends": backends, "limits": {"retry_buffer_mb": cap}})
+        model = model_from(cfg, {"http://127.0.0.1:8002": ("127.0.0.1",)}, {})
+        routes = build_route_config(model, "").virtual_hosts[0].routes
+        forwarding = [r for r in routes if r.name.startswith("model:")]
+        assert forwarding
+        got = {
+            r.request_body_buffer_limit.value if r.HasField("request_body_buffer_limit") else None
+            for r in forwarding
+        }
+        assert got == {want}, (cap, got)
+
+
+def test_a_retry_buffer_cap_below_the_uploads_saves_the_copy(
+    backend: tuple[Path, int],
+) -> None:
+    """Retries on, but uploads over `limits.retry_buffer_mb` go without a resend: no
+    copy, and none refused (the upload limit is the route before the script's)."""
+    gw = _gateway(backend, "capped", retries=1, retry_buffer_mb=1)
+    try:
+        ratio = growth_ratio(gw)  # every upload answered 200
+    finally:
+        gw.stop()
+    assert 0.5 < ratio < 1.5, ratio

@@ -101,7 +101,7 @@ function envoy_on_request(handle)
     handle:headers():replace("content-length", tostring(#new))
     -- Up to three strings the size of the body: freed now, not at the collector's pace.
     new = nil
-    collectgarbage()
+    if len > 1048576 then collectgarbage() end  -- small bodies: not worth a full collection
     meta:set(META, "render", rf)
   end
   -- For the backend and the access log only; routing never reads it.

@@ -248,6 +248,13 @@ def router_routes(model: GatewayModel) -> list[rc.Route]:
     return routes
 
 
+def _retry_buffer(model: GatewayModel) -> wrappers_pb2.UInt64Value | None:
+    cap = model.limits.retry_buffer_mb
+    if cap <= 0 or cap >= model.limits.max_upload_mb:
+        return None
+    return wrappers_pb2.UInt64Value(value=int(cap * 1024 * 1024))
+
+
 def build_routes(model: GatewayModel, lua: str) -> list[rc.Route]:
     routes: list[rc.Route] = []
     audio_limits = rate_limit_config(model)
@@ -270,6 +277,10 @@ def build_routes(model: GatewayModel, lua: str) -> list[rc.Route]:
                     else [],
                     match=_audio_match(post, meta=meta),
                     route=_forward(model, c.cluster_name),
+                    # Above the cap Envoy sends the upload without keeping a copy for
+                    # a resend (limits.retry_buffer_mb); the upload limit itself is the
+                    # route before the script's.
+                    request_body_buffer_limit=_retry_buffer(model),
                     request_headers_to_remove=[]
                     if model.edge.forward_client_key
                     else ["authorization", "x-api-key"],
