@@ -176,6 +176,16 @@ class LiteLLMPeer:
             self.popen.wait(5)
 
 
+class PeerLeftOut(RuntimeError):
+    """BENCH_PEER=0: the scenarios say the peer was not run, and run the rest."""
+
+
+def peer_enabled() -> bool:
+    """CI's smoke run sets BENCH_PEER=0: LiteLLM's install alone takes ~1-2 min of
+    the suite's budget; `make bench` always runs it."""
+    return os.environ.get("BENCH_PEER", "1") != "0"
+
+
 def start_litellm(
     workdir: Path,
     backends: list[str],
@@ -190,6 +200,8 @@ def start_litellm(
 
     Every backend serves every model, unless `deployments` lists (model, URL) pairs.
     """
+    if not peer_enabled():
+        raise PeerLeftOut("LiteLLM left out of this run (BENCH_PEER=0)")
     exe = ensure_installed()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()

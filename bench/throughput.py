@@ -35,7 +35,7 @@ from support.gateway import gateway_config, start_gateway  # type: ignore[import
 from support.procs import start_fake  # type: ignore[import-not-found]
 
 from bench._harness import ROOT, rss_kb, target, write_result
-from bench.litellm_peer import LITELLM_VERSION, start_litellm
+from bench.litellm_peer import LITELLM_VERSION, peer_enabled, start_litellm
 
 PATH = "/v1/audio/transcriptions"
 PATHS = ("direct", "gateway", "litellm")
@@ -128,24 +128,30 @@ def run(smoke: bool) -> dict[str, Any]:
         gw = start_gateway(work / "gateway", cfg)
         gw.wait_synced()
         t0 = time.monotonic()
-        peer = start_litellm(
-            work / "litellm",
-            [],
-            [],
-            deployments=[(b["model"], urls[n]) for n, b in BACKENDS.items()],
-        )
-        litellm_start_s = time.monotonic() - t0
+        paths: tuple[str, ...] = PATHS
+        litellm_start_s: float | None = None
+        bases: dict[str, str | None] = {"direct": None, "gateway": gw.url}
+        if peer_enabled():
+            peer = start_litellm(
+                work / "litellm",
+                [],
+                [],
+                deployments=[(b["model"], urls[n]) for n, b in BACKENDS.items()],
+            )
+            litellm_start_s = time.monotonic() - t0
+            bases["litellm"] = peer.url
+        else:
+            paths = ("direct", "gateway")  # stated in the result: "peer"
         assert gw.envoy is not None
-        bases = {"direct": None, "gateway": gw.url, "litellm": peer.url}
         results: dict[str, Any] = {}
         for name, b in BACKENDS.items():
             base_of = {**bases, "direct": urls[name]}
-            for p in PATHS if not smoke else ():  # warm-up: LiteLLM's first-request caches
+            for p in paths if not smoke else ():  # warm-up: LiteLLM's first-request caches
                 wrk(str(base_of[p]) + PATH, b["model"], 4, 1.0)
             per_c: dict[str, Any] = {}
             for c in levels:
                 row: dict[str, Any] = {}
-                for p in PATHS:
+                for p in paths:
                     row[p] = wrk(str(base_of[p]) + PATH, b["model"], c, duration_s)
                     print(
                         f"{name:9} c={c:<4} {p:8} {row[p]['rps']:8.0f} req/s  "
@@ -154,12 +160,13 @@ def run(smoke: bool) -> dict[str, Any]:
                         flush=True,
                     )
                 d = row["direct"]
-                for p in ("gateway", "litellm"):
+                for p in paths[1:]:
                     row[p]["throughput_ratio"] = _ratio(row[p]["rps"], d["rps"])
                     row[p]["p50_ratio"] = _ratio(row[p]["p50_ms"], d["p50_ms"])
                     row[p]["p99_ratio"] = _ratio(row[p]["p99_ms"], d["p99_ms"])
                 row["envoy_rss_mb"] = rss_kb(gw.envoy.pid) / 1024
-                row["litellm_rss_mb"] = peer.rss_kb() / 1024
+                if peer is not None:
+                    row["litellm_rss_mb"] = peer.rss_kb() / 1024
                 per_c[str(c)] = row
             results[name] = {"model": b["model"], "cost": b["cost"], "by_concurrency": per_c}
     finally:
@@ -182,7 +189,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name in BACKENDS:
         row = data["results"][name]["by_concurrency"][c]
-        g, lite = row["gateway"], row["litellm"]
+        g, lite = row["gateway"], row.get("litellm")
         tr, pr = g["throughput_ratio"], g["p99_ratio"]
         out.append(
             target(
@@ -200,6 +207,8 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 pr is not None and pr <= 1.5,
             )
         )
+        if lite is None:
+            continue  # the peer was left out (BENCH_PEER=0): stated in "peer"
         vs = _ratio(g["rps"], lite["rps"])
         out.append(
             target(
@@ -213,16 +222,18 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         _ratio(row["gateway"]["rps"], row["litellm"]["rps"])
         for name in BACKENDS
         for row in data["results"][name]["by_concurrency"].values()
+        if "litellm" in row
     ]
     worst = min((v for v in every if v is not None), default=None)
-    out.append(
-        target(
-            "gateway throughput vs LiteLLM, worst of every backend and concurrency",
-            ">= 1.0x LiteLLM's",
-            worst,
-            worst is not None and worst >= 1.0,
+    if every:
+        out.append(
+            target(
+                "gateway throughput vs LiteLLM, worst of every backend and concurrency",
+                ">= 1.0x LiteLLM's",
+                worst,
+                worst is not None and worst >= 1.0,
+            )
         )
-    )
     errors = sum(
         row[p]["non_2xx"] + row[p]["socket_errors"]
         for name in BACKENDS
@@ -250,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
             "--timeout 30s, a 4 KiB multipart upload (bench/wrk_multipart.lua), one path "
             "after the other at each concurrency"
         ),
-        "peer": f"LiteLLM proxy {LITELLM_VERSION} (simple-shuffle, num_retries 0, 1 worker)",
+        "peer": f"LiteLLM proxy {LITELLM_VERSION} (simple-shuffle, num_retries 0, 1 worker)"
+        if peer_enabled()
+        else "LiteLLM left out of this run (BENCH_PEER=0)",
         "gateway": "Envoy 1 worker, deployed defaults, health probes off, max_concurrency 1024",
         **data,
         "wall_s": time.monotonic() - started,
