@@ -59,6 +59,9 @@ async def test_busy_gives_503_with_retry_after(single_url: str) -> None:
                 assert body["error"]["code"] == 503
             rest = await r1.read()
         assert rest.endswith(b"data: [DONE]\n\n")
+        # The worker is released just after the last byte: wait for it (a loaded CI
+        # machine once sent r3 in between and got the 503 again).
+        await wait_metric(single_url, "vllm:num_requests_running", 0)
         async with s.post(single_url + TRANSCRIBE, data=form(HELLO)) as r3:
             assert r3.status == 200
     text = read_metrics(single_url)

@@ -45,7 +45,11 @@ local whole = table.concat(chunks)
 local handle = {
   headers = function(self) return headers end,
   streamInfo = function(self)
-    return {dynamicMetadata = function(s) return {get = function(m, ns) return meta end} end}
+    return {dynamicMetadata = function(s) return {
+      get = function(m, ns) return meta end,
+      -- What the filter writes (metering) goes to stderr, for the test to read.
+      set = function(m, ns, k, v) io.stderr:write("SET ", ns, " ", k, " ", tostring(v), "\n") end,
+    } end}
   end,
   body = function(self)
     return {
@@ -99,7 +103,17 @@ def run(
         timeout=30,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode()
+    (tmp_path / "stderr").write_bytes(proc.stderr)
     return proc.stdout.decode()
+
+
+def metadata_set(tmp_path: Path) -> list[str]:
+    """The dynamic metadata the last run wrote, one `namespace key value` each."""
+    return [
+        line.removeprefix("SET ")
+        for line in (tmp_path / "stderr").read_text().splitlines()
+        if line.startswith("SET ")
+    ]
 
 
 def chunk(content: str, finish: str | None = None) -> bytes:
@@ -142,6 +156,11 @@ def test_openai_events_from_backend_chunks(tmp_path: Path) -> None:
         "text": ' Hello \u00e9t\u00e9 "world"',
         "usage": {"type": "tokens", "input_tokens": 3, "output_tokens": 7, "total_tokens": 10},
     }
+    # The backend's usage.seconds is metered once (the access log reads it).
+    assert metadata_set(tmp_path) == ["whisper_gateway.meter audio_seconds 5"]
+    # A stream without usage sets nothing: it is counted as unmetered, not guessed.
+    events(run(tmp_path, [STREAM.replace(USAGE, b"")], {"stream_format": "openai"}))
+    assert metadata_set(tmp_path) == []
 
 
 def test_text_chunks_and_backend_pass_through(tmp_path: Path) -> None:
