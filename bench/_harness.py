@@ -19,6 +19,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BENCH_RESULTS", ROOT / "bench" / "results"))
+#: Every scenario (its module bench.<name> and its results file <name>.json), in the
+#: order `make bench` runs them: issue 11's seven, then the older crash and push benches.
+SCENARIOS = (
+    "backend_rtf",
+    "throughput",
+    "uploads",
+    "failover",
+    "scheduling",
+    "formats",
+    "cp_scale",
+    "crash",
+    "reconciler_push",
+)
 
 
 def machine() -> dict[str, Any]:

@@ -26,20 +26,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after the backend is chosen
 
-from bench._harness import RESULTS
+from bench._harness import RESULTS, SCENARIOS
 
-# Issue 11's scenarios, in its order, then the older benches; others sort after.
-SCENARIOS = [
-    "throughput",
-    "uploads",
-    "failover",
-    "scheduling",
-    "formats",
-    "cp_scale",
-    "backend_rtf",
-    "crash",
-    "reconciler_push",
-]
 TITLES = {
     "throughput": "1. Small uploads: gateway vs direct vs LiteLLM",
     "uploads": "2. Upload sizes: MB/s and RSS",

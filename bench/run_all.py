@@ -21,21 +21,11 @@ import sys
 import time
 from typing import Any
 
-from bench._harness import write_result
+from bench._harness import SCENARIOS, write_result
 from bench.report import write_report
 
 # The scenarios (1-7) and the older benches; about 15 minutes in all.
-SCENARIOS = [
-    "bench.backend_rtf",
-    "bench.throughput",
-    "bench.uploads",
-    "bench.failover",
-    "bench.scheduling",
-    "bench.formats",
-    "bench.cp_scale",
-    "bench.crash",
-    "bench.reconciler_push",
-]
+MODULES = [f"bench.{name}" for name in SCENARIOS]
 # A bound per scenario, far above its planned time: a hung run must not hold the bench.
 TIMEOUT_S = {"full": 900.0, "smoke": 240.0}
 
@@ -77,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="each scenario on tiny counts")
     ap.add_argument("--only", default="", help="comma-separated short names, e.g. throughput")
     a = ap.parse_args(argv)
-    chosen = SCENARIOS
+    chosen = MODULES
     if a.only:
         want = {f"bench.{n.strip()}" for n in a.only.split(",") if n.strip()}
-        chosen = [m for m in SCENARIOS if m in want] + sorted(want - set(SCENARIOS))
+        chosen = [m for m in MODULES if m in want] + sorted(want - set(MODULES))
     t0 = time.monotonic()
     runs = [run_one(m, a.smoke) for m in chosen]
     total = time.monotonic() - t0

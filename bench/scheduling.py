@@ -386,18 +386,20 @@ async def warm(url: str, clips: Clips, plan: Plan) -> None:
         )
 
 
+def _p99_at_most(name: str, ours: float | None, theirs: float | None) -> dict[str, Any]:
+    return target(
+        name,
+        "<= 1.0x",
+        r3(ours / theirs) if ours and theirs else None,
+        bool(ours and theirs and ours <= theirs),
+    )
+
+
 def targets(arms: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     lr, rr = arms["gateway_least_request"], arms["gateway_round_robin"]
     lr99, rr99 = lr["short"]["p99_s"], rr["short"]["p99_s"]
-    out.append(
-        target(
-            "least_request short-clip p99 <= round_robin's",
-            "<= 1.0x",
-            r3(lr99 / rr99) if lr99 and rr99 else None,
-            bool(lr99 and rr99 and lr99 <= rr99),
-        )
-    )
+    out.append(_p99_at_most("least_request short-clip p99 <= round_robin's", lr99, rr99))
     for name in ("gateway_least_request", "gateway_round_robin"):
         out.append(
             target(f"{name}: failures", "== 0", arms[name]["failures"], arms[name]["failures"] == 0)
@@ -415,15 +417,8 @@ def targets(arms: dict[str, Any]) -> list[dict[str, Any]]:
     )
     ll = arms["litellm_default"]
     if "short" in ll:
-        ll99 = ll["short"]["p99_s"]
-        out.append(
-            target(
-                "gateway least_request short-clip p99 <= LiteLLM default's",
-                "<= 1.0x",
-                r3(lr99 / ll99) if lr99 and ll99 else None,
-                bool(lr99 and ll99 and lr99 <= ll99),
-            )
-        )
+        name = "gateway least_request short-clip p99 <= LiteLLM default's"
+        out.append(_p99_at_most(name, lr99, ll["short"]["p99_s"]))
     return out
 
 

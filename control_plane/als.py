@@ -17,11 +17,11 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from control_plane.request_stats import Finished, RequestStats
 
+# What the listener logs: the headers it adds to each entry, the metering namespace.
+from control_plane.translate.listener import CLIENT_HEADER, METER, MODEL_HEADER
+
 log = logging.getLogger("control_plane.als")
 
-MODEL_HEADER = "x-gateway-model"
-CLIENT_HEADER = "x-gateway-client"
-METER = "whisper_gateway.meter"  # translate/listener.py writes audio seconds here
 _FLAGS = {
     "upstream_connection_failure": "UF",
     "no_healthy_upstream": "UH",

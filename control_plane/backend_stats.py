@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from control_plane.reconciler import EndpointView, target_key
 from control_plane.request_stats import RequestStats, Window
-from control_plane.router_metrics import server_url
+from control_plane.router_metrics import engine_counts, server_url
 
 log = logging.getLogger("control_plane.stats")
 
@@ -47,16 +46,6 @@ class EngineSample:
         }
 
 
-def parse_engine(text: str) -> tuple[float | None, float | None]:
-    """vLLM's running and waiting gauges, summed over models; None where absent."""
-    sums: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
-                sums[s.name] = sums.get(s.name, 0.0) + s.value
-    return sums.get("vllm:num_requests_running"), sums.get("vllm:num_requests_waiting")
-
-
 async def read_engine(session: aiohttp.ClientSession, url: str) -> EngineSample:
     try:
         async with session.get(
@@ -64,7 +53,7 @@ async def read_engine(session: aiohttp.ClientSession, url: str) -> EngineSample:
         ) as r:
             if r.status != 200:
                 return EngineSample(time.time(), None, None, f"HTTP {r.status}")
-            running, waiting = parse_engine(await r.text())
+            running, waiting = engine_counts(await r.text())
             return EngineSample(time.time(), running, waiting)
     except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as e:
         return EngineSample(time.time(), None, None, f"{type(e).__name__}: {e}"[:200])

@@ -94,14 +94,20 @@ def parse_envoy_pending(data: Any) -> dict[str, float]:
     return out
 
 
+def engine_counts(text: str) -> tuple[float | None, float | None]:
+    """A backend's /metrics: vLLM's running and waiting gauges, summed over models;
+    None where absent. ValueError for text that is not Prometheus's format."""
+    sums: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+                sums[s.name] = sums.get(s.name, 0.0) + s.value
+    return sums.get("vllm:num_requests_running"), sums.get("vllm:num_requests_waiting")
+
+
 def backend_waiting(text: str) -> float | None:
     try:
-        return sum(
-            s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-            if s.name == "vllm:num_requests_waiting"
-        )
+        return engine_counts(text)[1] or 0.0
     except ValueError:
         return None
 

@@ -22,17 +22,7 @@ from typing import Any
 import pytest
 from support.procs import ROOT
 
-SCENARIOS = [
-    "backend_rtf",
-    "throughput",
-    "uploads",
-    "failover",
-    "scheduling",
-    "formats",
-    "cp_scale",
-    "crash",
-    "reconciler_push",
-]
+from bench._harness import SCENARIOS
 
 
 def _numbers(data: Any) -> Iterator[float]:

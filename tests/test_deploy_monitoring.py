@@ -7,6 +7,7 @@ control plane's /router/metrics (the session's `gateway`, after real traffic).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.request
@@ -73,7 +74,7 @@ def test_grafana_provisions_the_dashboard_on_the_prometheus_source() -> None:
 
 
 def test_every_panel_queries_a_series_the_gateway_exports(gateway: Gateway) -> None:
-    status, _ = __import__("asyncio").run(transcribe(gateway.url, TINY))
+    status, _ = asyncio.run(transcribe(gateway.url, TINY))
     assert status == 200
     with urllib.request.urlopen(f"{gateway.admin_url}/router/metrics", timeout=10) as r:
         text = r.read().decode()
