@@ -54,16 +54,19 @@ from support.gateway import gateway_config  # type: ignore[import-not-found]
 from support.procs import PYTHON, Proc, free_port, wait_http  # type: ignore[import-not-found]
 
 from bench._harness import rss_kb, target, write_result
-from control_plane import secrets
-from control_plane.app import ControlPlane
-from control_plane.bootstrap import build_bootstrap, envoy_command
-from control_plane.config import parse_config
-from control_plane.frontend import spec_from_config
-from control_plane.model import EndpointHealth, build_model, cluster_name
-from control_plane.reconciler import Verdict, fixed_addresses, target_key
-from control_plane.resources import build_snapshot, load_lua_template
-from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, consistency_errors
-from control_plane.stream_state import StreamState, SyncState
+from control_plane.config.parse import parse_config
+from control_plane.ir.fleet import fixed_addresses, target_key
+from control_plane.ir.from_config import spec_from_config
+from control_plane.ir.model import EndpointHealth, build_model
+from control_plane.ir.security import load_security
+from control_plane.names import cluster_name
+from control_plane.reconcile.events import Verdict
+from control_plane.runtime import ControlPlane
+from control_plane.xds.bootstrap import build_bootstrap, envoy_command
+from control_plane.xds.cache.consistency import consistency_errors
+from control_plane.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control_plane.xds.server.stream_state import StreamState, SyncState
+from control_plane.xds.translator import translate, load_lua_template
 
 TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 NOWHERE_PORT = 9  # discard: nothing listens there on this machine's loopback
@@ -280,14 +283,14 @@ def time_build(doc: dict[str, Any], rounds: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     cfg = parse_config(doc)
     parse_ms = (time.perf_counter() - t0) * 1000
-    security = secrets.load_security(cfg)
+    security = load_security(cfg)
     build, check, rebuild = [], [], []
     resources = 0
     for _ in range(rounds):
         t0 = time.perf_counter()
         spec = spec_from_config(cfg)
         model = build_model(spec, fixed_addresses(spec), {}, frozenset(), security)
-        snap = build_snapshot(model, lua)
+        snap = translate(model, lua)
         t1 = time.perf_counter()
         errors = consistency_errors(snap)
         t2 = time.perf_counter()
@@ -295,7 +298,7 @@ def time_build(doc: dict[str, Any], rounds: int) -> dict[str, Any]:
         build.append((t1 - t0) * 1000)
         check.append((t2 - t1) * 1000)
         t0 = time.perf_counter()
-        build_snapshot(build_model(spec, fixed_addresses(spec), {}, frozenset(), security), lua)
+        translate(build_model(spec, fixed_addresses(spec), {}, frozenset(), security), lua)
         rebuild.append((time.perf_counter() - t0) * 1000)
         resources = sum(len(snap.items(t)) for t in TYPES)
         hosts = sum(

@@ -42,7 +42,7 @@ from support.load import Trace, steady_load  # type: ignore[import-not-found]
 from support.procs import Proc, free_port, start_backend  # type: ignore[import-not-found]
 
 from bench._harness import target, write_result
-from control_plane.model import cluster_name
+from control_plane.names import cluster_name
 
 TINY = "openai/whisper-tiny.en"
 CLUSTER = cluster_name(TINY)

@@ -23,11 +23,13 @@ from support.gateway import Gateway, gateway_config, write_bootstrap  # type: ig
 from support.procs import start_fake  # type: ignore[import-not-found]
 
 from bench._harness import target, write_result
-from control_plane.app import ControlPlane
-from control_plane.config import parse_config
-from control_plane.model import EndpointHealth
-from control_plane.reconciler import DEBOUNCE_S, Verdict, target_key
-from control_plane.snapshot import ENDPOINT
+from control_plane.config.parse import parse_config
+from control_plane.ir.fleet import target_key
+from control_plane.ir.model import EndpointHealth
+from control_plane.reconcile.events import Verdict
+from control_plane.reconcile.reconciler import DEBOUNCE_S
+from control_plane.runtime import ControlPlane
+from control_plane.xds.resource import ENDPOINT
 
 MODEL = "fake/m"
 BACKENDS = 50

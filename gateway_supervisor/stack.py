@@ -19,10 +19,11 @@ from pathlib import Path
 
 import aiohttp
 
-from control_plane.bootstrap import build_bootstrap, envoy_command
-from control_plane.cli import Options, UsageError, parse
-from control_plane.config import GatewayConfig, dump_config
-from control_plane.planes import exposure_warnings
+from control_plane.admin.exposure import exposure_warnings
+from control_plane.cli.options import Options, UsageError, parse
+from control_plane.config.parse import dump_config
+from control_plane.config.schema import GatewayConfig
+from control_plane.xds.bootstrap import build_bootstrap, envoy_command
 from gateway_supervisor.supervisor import ChildSpec, Supervisor, say
 
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"whisper-gateway: {e}", file=sys.stderr)
         return 2
-    from control_plane.__main__ import run_tool
+    from control_plane.cli.tools import run_tool
 
     done = run_tool(opts)
     if done is not None:

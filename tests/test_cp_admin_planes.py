@@ -32,17 +32,13 @@ from support.gateway import Gateway, gateway_config, start_gateway
 from support.procs import PYTHON, ROOT, Proc, free_port, start_fake
 from support.snapshots import model_from
 
-from control_plane.bootstrap import ENVOY, build_bootstrap
-from control_plane.config import (
-    UNIX_PATH_MAX,
-    ConfigError,
-    GatewayConfig,
-    dump_config,
-    parse_config,
-)
-from control_plane.model import ADMIN_CLUSTER
-from control_plane.planes import SOCKET_MODE, exposure_warnings, where
-from control_plane.translate import build_clusters
+from control_plane.admin.exposure import exposure_warnings
+from control_plane.config.parse import dump_config, parse_config
+from control_plane.config.schema import UNIX_PATH_MAX, ConfigError, GatewayConfig
+from control_plane.config.sockets import SOCKET_MODE, where
+from control_plane.names import ADMIN_CLUSTER
+from control_plane.xds.bootstrap import ENVOY, build_bootstrap
+from control_plane.xds.translator.clusters import build_clusters
 
 BACKENDS = [{"url": "http://127.0.0.1:9000", "models": ["m"]}]
 MODEL = "fake/fast"

@@ -22,14 +22,15 @@ from google.rpc import status_pb2
 from support.procs import free_port
 from support.snapshots import A, B, snap
 
-from control_plane.ads import AdsServer, serve
-from control_plane.cache import SnapshotCache
-from control_plane.config import parse_config
-from control_plane.model import EndpointHealth, build_model, cluster_name
-from control_plane.resources import build_snapshot, load_lua_template
-from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
-from control_plane.stream_state import SyncState
-from control_plane.translate import LISTENER_NAME, ROUTE_CONFIG_NAME
+from control_plane.config.parse import parse_config
+from control_plane.ir.model import EndpointHealth, build_model
+from control_plane.names import LISTENER_NAME, ROUTE_CONFIG_NAME, cluster_name
+from control_plane.xds.cache.snapshot import Snapshot
+from control_plane.xds.cache.snapshot_cache import SnapshotCache
+from control_plane.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control_plane.xds.server.ads import AdsServer, serve
+from control_plane.xds.server.stream_state import SyncState
+from control_plane.xds.translator import load_lua_template, translate
 
 pytestmark = pytest.mark.timeout(60)
 

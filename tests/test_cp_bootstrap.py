@@ -10,16 +10,17 @@ from typing import Any
 
 import pytest
 
-from control_plane.bootstrap import (
+from control_plane.config.parse import load_config, parse_config
+from control_plane.config.schema import EdgeConfig, GatewayConfig
+from control_plane.xds.bootstrap import (
     CONNECTIONS_MONITOR,
     ENVOY,
     HEAP_MONITOR,
     build_bootstrap,
     overload_manager,
 )
-from control_plane.config import EdgeConfig, GatewayConfig, load_config, parse_config
 
-DEFAULT_YAML = Path(__file__).resolve().parents[1] / "control_plane" / "default.yaml"
+DEFAULT_YAML = Path(__file__).resolve().parents[1] / "control_plane" / "config" / "default.yaml"
 BACKENDS = [{"url": "http://127.0.0.1:9000", "models": ["m"]}]
 
 

@@ -9,14 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from control_plane.config import (
-    DEFAULT_CONFIG,
-    ConfigError,
-    GatewayConfig,
-    HostPort,
-    load_config,
-    parse_config,
-)
+from control_plane.config.parse import load_config, parse_config
+from control_plane.config.schema import DEFAULT_CONFIG, ConfigError, GatewayConfig, HostPort
 
 
 def base() -> dict[str, Any]:

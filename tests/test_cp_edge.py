@@ -11,14 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
-from control_plane.config import ConfigError, TlsConfig, load_config, parse_config
-from control_plane.frontend import spec_from_config
-from control_plane.model import Client, ListenerTls, Security, build_model
-from control_plane.resources import build_snapshot, load_lua_template
-from control_plane.secrets import load_security, make_self_signed
-from control_plane.snapshot import snapshot_json
-from control_plane.translate.edge import rate_limit_config, retry_after_s
-from control_plane.translate.routes import RETRY_ON, RETRY_ON_RESET, build_route_config
+from control_plane.admin.redact import snapshot_json
+from control_plane.config.certs import make_self_signed
+from control_plane.config.parse import load_config, parse_config
+from control_plane.config.schema import ConfigError, TlsConfig
+from control_plane.ir.from_config import spec_from_config
+from control_plane.ir.model import Client, ListenerTls, Security, build_model
+from control_plane.ir.security import load_security
+from control_plane.xds.translator import load_lua_template, translate
+from control_plane.xds.translator.edge import rate_limit_config, retry_after_s
+from control_plane.xds.translator.routes import RETRY_ON, RETRY_ON_RESET, build_route_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "openai/whisper-tiny.en"
@@ -156,14 +158,14 @@ def test_every_secret_is_redacted_in_the_snapshot(tmp_path: Path) -> None:
     security = Security(
         listener_tls=dataclasses.replace(
             Security().listener_tls
-            or __import__("control_plane.model").model.ListenerTls(b"", b""),
+            or __import__("control_plane.ir.model").ir.model.ListenerTls(b"", b""),
             cert_pem=cert.read_bytes(),
             key_pem=key.read_bytes(),
         ),
         clients=(Client("a", "sk-client-secret-1"),),
         backend_keys=((TINY, "sk-backend-secret-2"),),
     )
-    snap = build_snapshot(model_with(security), load_lua_template())
+    snap = translate(model_with(security), load_lua_template())
     text = json.dumps(snapshot_json(snap))
     body = key.read_text().splitlines()[1]
     for secret in ("sk-client-secret-1", "sk-backend-secret-2", body):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support.golden import GOLDEN, case_snapshot, cases, static_bootstrap, to_json, write_case
 
-from control_plane.bootstrap import ENVOY
+from control_plane.xds.bootstrap import ENVOY
 
 CASES = cases()
 

@@ -6,10 +6,11 @@ from envoy.service.status.v3 import csds_pb2
 from envoy.type.matcher.v3 import node_pb2, string_pb2
 from test_cp_stream_state import A, B, ack, request, snap, subscribed
 
-from control_plane.config import HostPort
-from control_plane.csds import client_config, client_status
-from control_plane.ctl import admin_target, backends_table, status_table
-from control_plane.snapshot import CLUSTER, ENDPOINT, ROUTE
+from control_plane.cli.admin_client import admin_target
+from control_plane.cli.tables import backends_table, status_table
+from control_plane.config.schema import HostPort
+from control_plane.xds.resource import CLUSTER, ENDPOINT, ROUTE
+from control_plane.xds.server.csds import client_config, client_status
 
 SYNCED, STALE, ERROR = (csds_pb2.ConfigStatus.SYNCED, csds_pb2.ConfigStatus.STALE,
                         csds_pb2.ConfigStatus.ERROR)  # fmt: skip

@@ -18,15 +18,19 @@ import pytest
 from envoy.config.endpoint.v3 import endpoint_pb2
 from support.gateway import gateway_config
 
-from control_plane.app import ControlPlane
-from control_plane.cache import SnapshotCache
-from control_plane.config import parse_config
-from control_plane.frontend import spec_from_config
-from control_plane.model import EndpointHealth, cluster_name
-from control_plane.reconciler import FleetState, Reconciler, Verdict, target_key
-from control_plane.resources import load_lua_template
-from control_plane.snapshot import CLUSTER, ENDPOINT, ROUTE, Snapshot
-from control_plane.tasks import SupervisedTasks
+from control_plane.config.parse import parse_config
+from control_plane.ir.fleet import FleetState, target_key
+from control_plane.ir.from_config import spec_from_config
+from control_plane.ir.model import EndpointHealth
+from control_plane.names import cluster_name
+from control_plane.reconcile.events import Verdict
+from control_plane.reconcile.reconciler import Reconciler
+from control_plane.reconcile.tasks import SupervisedTasks
+from control_plane.runtime import ControlPlane
+from control_plane.xds.cache.snapshot import Snapshot
+from control_plane.xds.cache.snapshot_cache import SnapshotCache
+from control_plane.xds.resource import CLUSTER, ENDPOINT, ROUTE
+from control_plane.xds.translator import load_lua_template
 
 OFF = {"enabled": False}
 A, B = "model-a", "model-b"

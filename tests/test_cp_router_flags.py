@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from control_plane.config import ConfigError, HostPort, parse_config
-from control_plane.router_flags import RouterFlagError, config_from_router_flags
+from control_plane.config.parse import parse_config
+from control_plane.config.router_flags import RouterFlagError, config_from_router_flags
+from control_plane.config.schema import ConfigError, HostPort
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -108,9 +109,9 @@ ROUTER_FLAGS = """
 
 
 def test_every_router_flag_is_mapped_ignored_or_refused() -> None:
-    from control_plane.cli import _parser
-    from control_plane.router_flags import IGNORED, IGNORED_SWITCHES, REFUSED
-    from control_plane.router_flags import _parser as rp
+    from control_plane.cli.options import _parser
+    from control_plane.config.router_flags import IGNORED, IGNORED_SWITCHES, REFUSED
+    from control_plane.config.router_flags import _parser as rp
 
     ours = {a for action in _parser("x")._actions for a in action.option_strings}
     mapped = {a for action in rp()._actions for a in action.option_strings}
@@ -129,14 +130,14 @@ def test_every_router_flag_is_mapped_ignored_or_refused() -> None:
 
 
 def test_ignored_flags_are_noted() -> None:
-    from control_plane.router_flags import read_router_flags
+    from control_plane.config.router_flags import read_router_flags
 
     flags = read_router_flags([*FLAGS, "--root-path", "/api"])
     assert any(n.startswith("--root-path ignored:") for n in flags.notes)
 
 
 def test_stats_flags_map_onto_the_stats_section() -> None:
-    from control_plane.router_flags import read_router_flags
+    from control_plane.config.router_flags import read_router_flags
 
     stats = read_router_flags(
         [*FLAGS, "--log-stats", "--log-stats-interval", "5", "--request-stats-window", "20",

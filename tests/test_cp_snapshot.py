@@ -8,21 +8,14 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from support.snapshots import A, B, model_from, snap
 
-from control_plane.cache import SnapshotCache
-from control_plane.config import parse_config
-from control_plane.model import EndpointHealth, cluster_name
-from control_plane.resources import build_snapshot, load_lua_template
-from control_plane.snapshot import (
-    CLUSTER,
-    ENDPOINT,
-    LISTENER,
-    ROUTE,
-    Snapshot,
-    consistency_errors,
-    make_snapshot,
-    merge_for_removal,
-)
-from control_plane.translate import ROUTE_CONFIG_NAME
+from control_plane.config.parse import parse_config
+from control_plane.ir.model import EndpointHealth
+from control_plane.names import ROUTE_CONFIG_NAME, cluster_name
+from control_plane.xds.cache.consistency import consistency_errors, merge_for_removal
+from control_plane.xds.cache.snapshot import Snapshot, make_snapshot
+from control_plane.xds.cache.snapshot_cache import SnapshotCache
+from control_plane.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control_plane.xds.translator import load_lua_template, translate
 
 
 def parts(s: Snapshot) -> dict[str, list[Any]]:

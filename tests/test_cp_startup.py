@@ -14,9 +14,9 @@ from pathlib import Path
 from support.gateway import gateway_config
 from support.procs import start_fake
 
-from control_plane.app import ControlPlane
-from control_plane.config import parse_config
-from control_plane.model import EndpointHealth
+from control_plane.config.parse import parse_config
+from control_plane.ir.model import EndpointHealth
+from control_plane.runtime import ControlPlane
 
 
 async def test_xds_port_opens_after_the_first_verdicts(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ from typing import Any
 
 from support.snapshots import snap as support_snap
 
-from control_plane.model import cluster_name
-from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
-from control_plane.stream_state import Response, StreamState, SyncState
-from control_plane.translate import ROUTE_CONFIG_NAME
+from control_plane.names import ROUTE_CONFIG_NAME, cluster_name
+from control_plane.xds.cache.snapshot import Snapshot
+from control_plane.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control_plane.xds.server.stream_state import Response, StreamState, SyncState
 
 A, B = "model-a", "model-b"
 

@@ -27,26 +27,22 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import message
 from support.snapshots import model_from
 
-from control_plane.config import GatewayConfig, parse_config
-from control_plane.model import (
+from control_plane.config.parse import parse_config
+from control_plane.config.schema import GatewayConfig
+from control_plane.ir.model import EndpointHealth, GatewayModel, endpoint_key
+from control_plane.names import (
     ADMIN_CLUSTER,
-    UNROUTED_CLUSTER,
-    EndpointHealth,
-    GatewayModel,
-    cluster_name,
-    endpoint_key,
-)
-from control_plane.resources import build_snapshot, load_lua_template
-from control_plane.translate import (
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
-    build_clusters,
-    build_listener,
-    build_load_assignments,
-    build_route_config,
-    render_lua,
+    UNROUTED_CLUSTER,
+    cluster_name,
 )
-from control_plane.translate.routes import AUDIO_PATH_RE, RETRY_ON, multipart_source
+from control_plane.xds.translator import load_lua_template, translate
+from control_plane.xds.translator.clusters import build_clusters
+from control_plane.xds.translator.endpoints import build_load_assignments
+from control_plane.xds.translator.listener import build_listener
+from control_plane.xds.translator.lua import library_source, multipart_source, render_lua
+from control_plane.xds.translator.routes import AUDIO_PATH_RE, RETRY_ON, build_route_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "openai/whisper-tiny.en"
@@ -422,7 +418,7 @@ def test_lua_per_route_carries_every_model_and_no_placeholder() -> None:
 def test_render_lua_is_one_pass() -> None:
     tmpl = 'local M = {\n--MODELS--\n}\nlocal L = "--MODEL_LIST--"\n'
     out = render_lua(tmpl, ("--MODEL_LIST--", "--MODELS--"), {"--MODELS--": "text"})
-    reader = multipart_source() + "\n"
+    reader = library_source() + "\n" + multipart_source() + "\n"
     assert out.startswith(reader)
     assert out[len(reader) :] == (
         'local M = {\n  ["--MODEL_LIST--"] = "openai",\n  ["--MODELS--"] = "text",\n}\n'
@@ -483,7 +479,7 @@ def test_local_reply_mappers() -> None:
 
 
 def snapshot_versions(cfg: GatewayConfig, health: dict[str, EndpointHealth]) -> dict[str, str]:
-    return build_snapshot(model_from(cfg, RESOLVED, health), load_lua_template()).versions()
+    return translate(model_from(cfg, RESOLVED, health), load_lua_template()).versions()
 
 
 def test_versions_deterministic_across_processes() -> None:
@@ -536,9 +532,9 @@ def test_unchanged_input_same_versions() -> None:
 
 
 def test_snapshot_is_consistent() -> None:
-    from control_plane.snapshot import consistency_errors
+    from control_plane.xds.cache.consistency import consistency_errors
 
-    snap = build_snapshot(gateway_model(), load_lua_template())
+    snap = translate(gateway_model(), load_lua_template())
     assert consistency_errors(snap) == []
 
 

@@ -28,7 +28,7 @@ In 3, this is the only rewriting, all of it mechanical:
 - environment: `${VAR}`, `${VAR:?message}` and `${VAR:-default}` are interpolated from
   compose/.env, as `docker compose` does (nothing is taken from this shell);
 - programs: `python` -> this venv's python, `whisper-backend` -> the venv's
-  whisper-backend, `envoy` -> control_plane.bootstrap.ENVOY (`bash` stays bash);
+  whisper-backend, `envoy` -> control_plane.xds.bootstrap.ENVOY (`bash` stays bash);
 - Envoy also gets `--base-id N`: its hot-restart shared memory is per container under
   Docker but per machine here.
 Host names of services outside the cpu profile (vllm-small) are left as they are: they
@@ -58,9 +58,9 @@ import pytest
 import yaml
 from support.procs import FIXTURES, PYTHON, ROOT, Proc, free_port
 
-from control_plane.bootstrap import ENVOY, envoy_command
-from control_plane.config import load_config, parse_config
-from control_plane.secrets import load_security
+from control_plane.config.parse import load_config, parse_config
+from control_plane.ir.security import load_security
+from control_plane.xds.bootstrap import ENVOY, envoy_command
 
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
@@ -449,7 +449,7 @@ def test_build_context_holds_every_installed_file(name: str, tmp_path: Path) -> 
         if p.is_file() and "__pycache__" not in p.parts
     }
     assert from_context == in_checkout
-    assert "control_plane/filters/route_by_model.lua" in from_context
+    assert "control_plane/xds/filters/route_by_model.lua" in from_context
 
 
 def test_compose_bootstrap_passes_envoy_validation(tmp_path: Path) -> None:

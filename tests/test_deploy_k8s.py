@@ -37,7 +37,7 @@ In 3, this is the only rewriting, all of it mechanical:
   kubelet's atomic writer does, `..data` symlinks included; an emptyDir starts
   empty), in argv, env and the config's api_keys.file;
 - programs: `python` -> this venv's python, `whisper-backend` -> the venv's
-  whisper-backend, `envoy` -> control_plane.bootstrap.ENVOY (`/bin/bash` stays);
+  whisper-backend, `envoy` -> control_plane.xds.bootstrap.ENVOY (`/bin/bash` stays);
 - Envoy also gets `--base-id N`: its hot-restart shared memory is per pod in
   Kubernetes but per machine here.
 """
@@ -71,9 +71,11 @@ import yaml
 from support import kustomize
 from support.procs import FIXTURES, PYTHON, ROOT, Proc, free_port, wait_http
 
-from control_plane.bootstrap import ENVOY, XDS_CLUSTER, envoy_command
-from control_plane.config import ApiKeysConfig, GatewayConfig, parse_config
-from control_plane.secrets import load_clients
+from control_plane.config.parse import parse_config
+from control_plane.config.schema import ApiKeysConfig, GatewayConfig
+from control_plane.ir.security import load_clients
+from control_plane.names import XDS_CLUSTER
+from control_plane.xds.bootstrap import ENVOY, envoy_command
 
 K8S = ROOT / "k8s"
 K8S_VERSION = "1.37.0"  # the newest kubernetes-validate 1.37 knows; native sidecars: >= 1.29

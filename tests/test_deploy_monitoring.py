@@ -20,7 +20,7 @@ from support.gateway import ROOT, Gateway
 from test_deploy_compose import compose, mounts
 from test_e2e_metering import transcribe
 
-from control_plane.config import load_config
+from control_plane.config.parse import load_config
 
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "whisper-gateway.json"

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from support.procs import ROOT, free_port, start_backend
 
-from control_plane.config import DEFAULT_CONFIG
+from control_plane.config.schema import DEFAULT_CONFIG
 
 WHISPER_GATEWAY = str(ROOT / ".venv" / "bin" / "whisper-gateway")
 HELLO = ROOT / "tests" / "fixtures" / "hello.wav"

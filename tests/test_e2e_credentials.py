@@ -16,9 +16,9 @@ from support.gateway import gateway_config, start_gateway
 from support.load import HELLO
 from support.procs import start_backend
 
-from control_plane.config import TlsConfig
-from control_plane.model import cluster_name
-from control_plane.secrets import make_self_signed
+from control_plane.config.certs import make_self_signed
+from control_plane.config.schema import TlsConfig
+from control_plane.names import cluster_name
 
 TINY = "openai/whisper-tiny.en"
 KEY = "sk-backend-secret"

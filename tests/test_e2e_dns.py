@@ -16,10 +16,10 @@ from support.gateway import Gateway, gateway_config, write_bootstrap
 from support.load import Outcomes, one_request
 from support.procs import free_port, start_fake
 
-from control_plane.app import ControlPlane
-from control_plane.config import parse_config
-from control_plane.model import EndpointHealth
-from control_plane.reconciler import target_key
+from control_plane.config.parse import parse_config
+from control_plane.ir.fleet import target_key
+from control_plane.ir.model import EndpointHealth
+from control_plane.runtime import ControlPlane
 
 MODEL = "fake/fast"
 

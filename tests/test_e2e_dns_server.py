@@ -26,8 +26,8 @@ import yaml
 from support import netns
 from support.procs import PYTHON, ROOT, Proc, free_port
 
-from control_plane.bootstrap import build_bootstrap, envoy_command
-from control_plane.config import parse_config
+from control_plane.config.parse import parse_config
+from control_plane.xds.bootstrap import build_bootstrap, envoy_command
 
 pytestmark = pytest.mark.skipif(not netns.available(), reason="needs root and iproute2")
 

@@ -17,9 +17,9 @@ from support.gateway import Gateway, gateway_config, write_bootstrap
 from support.load import HELLO
 from support.procs import start_fake
 
-from control_plane.app import ControlPlane
-from control_plane.config import parse_config
-from control_plane.resources import load_lua_template
+from control_plane.config.parse import parse_config
+from control_plane.runtime import ControlPlane
+from control_plane.xds.translator import load_lua_template
 
 MODEL = "m/fake"
 

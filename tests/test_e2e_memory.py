@@ -24,8 +24,8 @@ from support.gateway import Gateway, gateway_config, start_gateway
 from support.procs import Proc, start_fake
 from support.snapshots import model_from
 
-from control_plane.config import parse_config
-from control_plane.translate.routes import build_route_config
+from control_plane.config.parse import parse_config
+from control_plane.xds.translator.routes import build_route_config
 
 MODEL = "fake/fast"
 UPLOADS = 8

@@ -26,11 +26,12 @@ from support.gateway import Gateway, gateway_config, write_bootstrap
 from support.load import Outcomes, one_request
 from support.procs import free_port, start_fake
 
-from control_plane.app import ControlPlane
-from control_plane.config import parse_config
-from control_plane.model import EndpointHealth
-from control_plane.reconciler import Verdict, target_key
-from control_plane.snapshot import PUSH_ORDER, SHORT_NAMES
+from control_plane.config.parse import parse_config
+from control_plane.ir.fleet import target_key
+from control_plane.ir.model import EndpointHealth
+from control_plane.reconcile.events import Verdict
+from control_plane.runtime import ControlPlane
+from control_plane.xds.resource import PUSH_ORDER, SHORT_NAMES
 
 STABLE, X, Y = "fake/stable", "fake/x", "fake/y"
 STORM_S = 6.0

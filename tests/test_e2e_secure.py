@@ -25,8 +25,8 @@ from support.gateway import Gateway, gateway_config, start_gateway
 from support.load import HELLO
 from support.procs import free_port
 
-from control_plane.config import TlsConfig
-from control_plane.secrets import make_self_signed
+from control_plane.config.certs import make_self_signed
+from control_plane.config.schema import TlsConfig
 
 TINY = "openai/whisper-tiny.en"
 BASE = "openai/whisper-base"

@@ -35,7 +35,7 @@ from support.multipart_forms import (
     part,
 )
 
-from control_plane.translate.routes import multipart_source
+from control_plane.xds.translator.lua import multipart_source
 
 LUA = shutil.which("lua5.1") or shutil.which("luajit")
 pytestmark = pytest.mark.skipif(LUA is None, reason="no Lua interpreter (apt-get install lua5.1)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.translate.routes import format_source
+from control_plane.xds.translator.lua import format_source
 from whisper_backend.engine import Segment
 from whisper_backend.formats import Result, render_srt, render_text, render_vtt
 

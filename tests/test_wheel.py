@@ -25,15 +25,16 @@ PURELIB = sysconfig.get_paths()["purelib"]
 RENDER = """
 import json, sys
 import control_plane, health
-from control_plane.config import DEFAULT_CONFIG, load_config
-from control_plane.frontend import spec_from_config
-from control_plane.model import build_model
-from control_plane.reconciler import fixed_addresses
-from control_plane.resources import build_snapshot, load_lua_template
+from control_plane.config.schema import DEFAULT_CONFIG
+from control_plane.config.parse import load_config
+from control_plane.ir.from_config import spec_from_config
+from control_plane.ir.model import build_model
+from control_plane.ir.fleet import fixed_addresses
+from control_plane.xds.translator import translate, load_lua_template
 from health.settings import default_clip_path
 
 spec = spec_from_config(load_config(DEFAULT_CONFIG))
-snap = build_snapshot(build_model(spec, fixed_addresses(spec), {}), load_lua_template())
+snap = translate(build_model(spec, fixed_addresses(spec), {}), load_lua_template())
 print(json.dumps({
     "control_plane": control_plane.__file__,
     "versions": snap.versions(),
@@ -60,8 +61,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_lists_the_run_time_files(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
-        "control_plane/filters/route_by_model.lua",
-        "control_plane/default.yaml",
+        "control_plane/xds/filters/route_by_model.lua",
+        "control_plane/config/default.yaml",
         "health/clips/hello.wav",
         "gateway_supervisor/stack.py",
     ):

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from control_plane.bootstrap import build_bootstrap, envoy_command
-from control_plane.config import parse_config
+from control_plane.config.parse import parse_config
+from control_plane.xds.bootstrap import build_bootstrap, envoy_command
 from support.procs import PYTHON, ROOT, Proc, free_port, wait_http
 
 

@@ -20,14 +20,16 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
-from control_plane.bootstrap import build_bootstrap
-from control_plane.config import load_config, parse_config
-from control_plane.frontend import spec_from_config
-from control_plane.model import EndpointHealth, HealthKey, build_model
-from control_plane.reconciler import fixed_addresses
-from control_plane.resources import build_snapshot, load_lua_template
-from control_plane.secrets import load_security
-from control_plane.snapshot import (
+from control_plane.admin.redact import snapshot_json
+from control_plane.config.parse import load_config, parse_config
+from control_plane.ir.fleet import fixed_addresses
+from control_plane.ir.from_config import spec_from_config
+from control_plane.ir.model import EndpointHealth, HealthKey, build_model
+from control_plane.ir.security import load_security
+from control_plane.xds.bootstrap import build_bootstrap
+from control_plane.xds.cache.consistency import merge_for_removal
+from control_plane.xds.cache.snapshot import Snapshot
+from control_plane.xds.resource import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -35,10 +37,8 @@ from control_plane.snapshot import (
     ROUTE,
     SECRET,
     SHORT_NAMES,
-    Snapshot,
-    merge_for_removal,
-    snapshot_json,
 )
+from control_plane.xds.translator import load_lua_template, translate
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
@@ -60,7 +60,7 @@ def _snapshot(config_path: Path, state: dict[str, Any]) -> Snapshot:
         endpoint, model, status = line.split()
         health[(endpoint, model)] = EndpointHealth(status)
     model = build_model(spec, resolved, health, frozenset(state.get("draining") or ()), security)
-    return build_snapshot(model, load_lua_template())
+    return translate(model, load_lua_template())
 
 
 def case_snapshot(case: str) -> Snapshot:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from control_plane.config import GatewayConfig, parse_config
-from control_plane.frontend import spec_from_config
-from control_plane.model import EndpointHealth, GatewayModel, HealthKey, build_model
-from control_plane.resources import build_snapshot, load_lua_template
-from control_plane.snapshot import Snapshot
+from control_plane.config.parse import parse_config
+from control_plane.config.schema import GatewayConfig
+from control_plane.ir.from_config import spec_from_config
+from control_plane.ir.model import EndpointHealth, GatewayModel, HealthKey, build_model
+from control_plane.xds.cache.snapshot import Snapshot
+from control_plane.xds.translator import load_lua_template, translate
 
 A, B = "model-a", "model-b"
 
@@ -57,4 +58,4 @@ def snap(
         f"127.0.0.1:{8100 + i}": EndpointHealth.HEALTHY if ok else EndpointHealth.UNHEALTHY
         for i, ok in enumerate(flags)
     }
-    return build_snapshot(model_from(cfg, resolved, health), load_lua_template())
+    return translate(model_from(cfg, resolved, health), load_lua_template())

@@ -1,0 +1,37 @@
+"""The command line shared by `whisper-gateway` and `python -m control_plane`.
+
+    [serve|bootstrap|check|status|backends] [--config FILE | vllm-router flags] [our flags]
+
+The command, when given, comes first; anything else on the line is a flag, so
+the router's own command line (`--host 0.0.0.0 --port 8001 ...`) reads as-is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from control_plane.cli.options import LOG_LEVELS
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=LOG_LEVELS[level], handlers=[handler], force=True)

@@ -1,0 +1,33 @@
+"""Backend addresses: an IP stays itself; a host name becomes one endpoint per address."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from control_plane.config.schema import HostPort
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+#: Owner and group may connect (Envoy in a container sharing the group); others not.
+SOCKET_MODE = 0o660
+
+
+def where(hp: HostPort) -> str:
+    """A plane's address as a gRPC target reads it: `unix:/path` or `host:port`."""
+    if hp.unix_socket is not None:
+        return f"unix:{hp.unix_socket}"
+    host = f"[{hp.address}]" if ":" in hp.address else hp.address
+    return f"{host}:{hp.port}"
+
+
+def restrict_socket(path: str) -> None:
+    """Give a freshly bound Unix socket SOCKET_MODE, whatever the umask was."""
+    os.chmod(path, SOCKET_MODE)

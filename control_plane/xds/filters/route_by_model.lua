@@ -1,0 +1,99 @@
+-- whisper-gateway: route an OpenAI audio upload by its multipart `model` field.
+--
+-- Shipped to Envoy through RDS (LuaPerRoute on the virtual host), rendered by
+-- control_plane/xds/translator/lua.py: the control plane fills in the model set.
+-- The shared library (gateway.lua) and the multipart reader come before it.
+-- The body is buffered up to the route's buffer limit (Envoy answers 413 past
+-- it), the `model` part is found wherever it sits (curl sends it after the
+-- file, the openai SDK before), and the internal header is always rewritten,
+-- never trusted from the client.
+
+-- model -> its stream format (openai | backend | text)
+local MODELS = {
+--MODELS--
+}
+local MODEL_LIST = "--MODEL_LIST--"
+-- client id (CLIENT_HEADER) -> {model = true}; clients not listed may use every model
+local CLIENT_MODELS = {
+--CLIENT_MODELS--
+}
+local STREAM_FORMATS = {openai = true, backend = true, text = true}
+local RENDERED = {text = true, srt = true, vtt = true}
+
+local function reply(handle, status, message, param, kind)
+  local body = '{"error":{"message":' .. json_string(message)
+    .. ',"type":"' .. (kind or "invalid_request_error") .. '","param":'
+    .. (param and json_string(param) or "null")
+    .. ',"code":' .. status .. '}}'
+  handle:respond({[":status"] = tostring(status), ["content-type"] = "application/json"}, body)
+end
+
+-- The fields the gateway reads, with the most bytes each may hold.
+local WANTED = {model = 256, response_format = 64, stream = 16}
+
+-- Routing reads only dynamic metadata (META.model, META.convert), which no client
+-- can set: if this script fails, no model route matches and the request ends
+-- in the gateway's own error, never at a cluster a client header chose.
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local ctype = headers:get("content-type") or ""
+  local boundary = ctype:lower():find("multipart/form-data", 1, true) and multipart_boundary(ctype)
+  if not boundary then
+    reply(handle, 400, "the request body must be multipart/form-data with a 'file' and a 'model' field", nil)
+    return
+  end
+  local client = headers:get(CLIENT_HEADER)
+  local body = handle:body()
+  if body == nil then
+    reply(handle, 400, "the request has no body: send a multipart form with 'file' and 'model'", "file")
+    return
+  end
+  local fields, err = multipart_fields(body, boundary, WANTED)
+  if not fields then
+    reply(handle, err.status, err.message, err.param)
+    return
+  end
+  local model = fields.model and fields.model[1]
+  if model == nil or model == "" then
+    reply(handle, 400, "you must provide a model parameter (available models: " .. MODEL_LIST .. ")", "model")
+    return
+  end
+  if not MODELS[model] then
+    reply(handle, 404, "The model '" .. model .. "' does not exist. Available models: " .. MODEL_LIST, "model")
+    return
+  end
+  if client and CLIENT_MODELS[client] and not CLIENT_MODELS[client][model] then
+    reply(handle, 403, "this API key may not use the model '" .. model .. "'", "model", "permission_error")
+    return
+  end
+  local fmt = handle:headers():get("x-stream-format") or MODELS[model]
+  if not STREAM_FORMATS[fmt] then
+    reply(handle, 400, "x-stream-format must be openai, backend or text", "x-stream-format")
+    return
+  end
+  local meta = handle:streamInfo():dynamicMetadata()
+  meta:set(META, "stream_format", fmt)
+  -- text, srt and vtt are rendered here from the backend's verbose_json, so every
+  -- backend that answers verbose_json serves all five formats, identically.
+  local rf, rf_at = nil, nil
+  if fields.response_format then rf, rf_at = fields.response_format[1], fields.response_format[2] end
+  local stream = fields.stream and fields.stream[1]
+  local convert = stream == "true" and fmt ~= "backend"
+  if rf and RENDERED[rf] and stream ~= "true" then
+    convert = true
+    local len = body:length()
+    local new = body:getBytes(0, rf_at) .. "verbose_json"
+      .. body:getBytes(rf_at + #rf, len - rf_at - #rf)
+    body:setBytes(new)
+    handle:headers():replace("content-length", tostring(#new))
+    -- Up to three strings the size of the body: freed now, not at the collector's pace.
+    new = nil
+    if len > 1048576 then collectgarbage() end  -- small bodies: not worth a full collection
+    meta:set(META, "render", rf)
+  end
+  -- For the backend and the access log only; routing never reads it.
+  handle:headers():replace(MODEL_HEADER, model)
+  meta:set(META, "model", model)
+  if convert then meta:set(META, "convert", "1") end
+  handle:clearRouteCache()
+end
