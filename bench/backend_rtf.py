@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support.gateway import Gateway, gateway_config, start_gateway  # type: ignore[import-not-found]
-from support.procs import start_backend  # type: ignore[import-not-found]
 
 from bench._harness import ROOT, target, write_result
+from testkit.gateway import Gateway, gateway_config, start_gateway
+from testkit.procs import start_backend
 
 FIXTURES = ROOT / "tests" / "fixtures"
 DOC = ROOT / "docs" / "backend.md"

@@ -50,8 +50,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from support.gateway import gateway_config  # type: ignore[import-not-found]
-from support.procs import PYTHON, Proc, free_port, wait_http  # type: ignore[import-not-found]
 
 from bench._harness import rss_kb, target, write_result
 from control_plane.config.parse import parse_config
@@ -66,7 +64,9 @@ from control_plane.xds.bootstrap import build_bootstrap, envoy_command
 from control_plane.xds.cache.consistency import consistency_errors
 from control_plane.xds.resource import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control_plane.xds.server.stream_state import StreamState, SyncState
-from control_plane.xds.translator import translate, load_lua_template
+from control_plane.xds.translator import load_lua_template, translate
+from testkit.gateway import gateway_config
+from testkit.procs import PYTHON, Proc, free_port, wait_http
 
 TYPES = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 NOWHERE_PORT = 9  # discard: nothing listens there on this machine's loopback

@@ -49,11 +49,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support.gateway import Gateway, gateway_config, start_gateway  # type: ignore[import-not-found]
-from support.load import HELLO  # type: ignore[import-not-found]
 
 from bench._harness import target, write_result
-from bench.crash import Pair, envoy_hosts, read_access_log, wait_hosts_healthy
+from testkit.crash import Pair, envoy_hosts, read_access_log, wait_hosts_healthy
+from testkit.gateway import Gateway, gateway_config, start_gateway
+from testkit.load import HELLO
 
 TINY = "openai/whisper-tiny.en"
 CONCURRENCY = 4

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support.gateway import gateway_config, start_gateway  # type: ignore[import-not-found]
-from support.procs import start_fake  # type: ignore[import-not-found]
 
 from bench._harness import target, write_result
+from testkit.gateway import gateway_config, start_gateway
+from testkit.procs import start_fake
 
 STREAM_MODEL, LONG_MODEL = "fake/timed", "fake/long"
 

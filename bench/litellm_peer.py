@@ -251,7 +251,7 @@ def _check(url: str, model: str) -> None:
     """One real transcription through a peer in front of `url` (manual verification)."""
     import tempfile
 
-    from support.load import HELLO  # type: ignore[import-not-found]
+    from testkit.load import HELLO
 
     peer = start_litellm(Path(tempfile.mkdtemp(prefix="litellm-check-")), [url], [model])
     try:

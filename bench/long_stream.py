@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-from support.gateway import gateway_config, start_gateway  # type: ignore[import-not-found]
-from support.procs import start_fake  # type: ignore[import-not-found]
 
 from bench._harness import write_result
+from testkit.gateway import gateway_config, start_gateway
+from testkit.procs import start_fake
 
 MODEL = "fake/slow-stream"
 

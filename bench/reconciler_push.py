@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support.gateway import Gateway, gateway_config, write_bootstrap  # type: ignore[import-not-found]
-from support.procs import start_fake  # type: ignore[import-not-found]
-
 from bench._harness import target, write_result
 from control_plane.config.parse import parse_config
 from control_plane.ir.fleet import target_key
@@ -30,6 +27,8 @@ from control_plane.reconcile.events import Verdict
 from control_plane.reconcile.reconciler import DEBOUNCE_S
 from control_plane.runtime import ControlPlane
 from control_plane.xds.resource import ENDPOINT
+from testkit.gateway import Gateway, gateway_config, write_bootstrap
+from testkit.procs import start_fake
 
 MODEL = "fake/m"
 BACKENDS = 50

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -66,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--smoke", action="store_true", help="each scenario on tiny counts")
     ap.add_argument("--only", default="", help="comma-separated short names, e.g. throughput")
+    ap.add_argument("--list", action="store_true", help="print the scenarios' names (JSON)")
     a = ap.parse_args(argv)
+    if a.list:
+        print(json.dumps(list(SCENARIOS)))
+        return 0
     chosen = MODULES
     if a.only:
         want = {f"bench.{n.strip()}" for n in a.only.split(",") if n.strip()}

@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support.gateway import Gateway, gateway_config, start_gateway  # type: ignore[import-not-found]
-from support.procs import Proc, free_port, start_backend  # type: ignore[import-not-found]
 
 from bench._clips import clip_seconds, make_clip
 from bench._harness import target, write_result
+from testkit.gateway import Gateway, gateway_config, start_gateway
+from testkit.procs import Proc, free_port, start_backend
 
 TINY = "openai/whisper-tiny.en"
 BACKEND_ARGS = ("--num-workers", "1", "--cpu-threads", "1")

@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support.gateway import gateway_config, start_gateway  # type: ignore[import-not-found]
-from support.procs import start_fake  # type: ignore[import-not-found]
-
 from bench._harness import ROOT, rss_kb, target, write_result
 from bench.litellm_peer import LITELLM_VERSION, peer_enabled, start_litellm
+from testkit.gateway import gateway_config, start_gateway
+from testkit.procs import start_fake
 
 PATH = "/v1/audio/transcriptions"
 PATHS = ("direct", "gateway", "litellm")

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from support.gateway import Gateway, gateway_config, start_gateway  # type: ignore[import-not-found]
-from support.procs import start_fake  # type: ignore[import-not-found]
 
 from bench._harness import rss_kb, target, write_result
+from testkit.gateway import Gateway, gateway_config, start_gateway
+from testkit.procs import start_fake
 
 MODEL = "fake/fast"
 PATH = "/v1/audio/transcriptions"

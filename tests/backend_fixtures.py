@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.procs import start_backend
+
+from testkit.procs import start_backend
 
 _ENV = {"HF_HUB_OFFLINE": "1"}
 

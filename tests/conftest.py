@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from backend_fixtures import backend_logs, base_url, tiny_url
-from support.gateway import Gateway, gateway_config, start_gateway
-from support.procs import free_port, start_backend, start_fake
+
+from testkit.gateway import Gateway, gateway_config, start_gateway
+from testkit.procs import free_port, start_backend, start_fake
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
