@@ -1,4 +1,5 @@
 # Two commands set up a fresh machine: `make up` runs the stack, `make test` runs the tests.
+# `make unit` is the fast loop: lint and the unit tier (no server, no network).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ CONFIG ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,backend]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +26,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	./scripts/system-deps.sh
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra tests
+
+unit: $(STAMP) lint
+	./scripts/system-deps.sh
+	$(VENV)/bin/pytest -q tests/unit
 
 # The bench (about 15 minutes, each scenario alone): bench/results/report.md and plots.
 # Its peer, LiteLLM, gets its own venv (.venv-litellm) first: its deps would move ours.

@@ -21,7 +21,7 @@ COPY control_plane ./control_plane
 COPY gateway_supervisor ./gateway_supervisor
 COPY health ./health
 COPY whisper_backend ./whisper_backend
-RUN pip install .
+RUN pip install '.[backend]'
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -145,14 +145,14 @@ def from_plain(cls: Any, data: Any) -> Any:
     dataclasses, tuples, unions with None, enums, bytes (as text) and scalars."""
     origin = typing.get_origin(cls)
     if origin in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(cls) if a is not _NONE]
-        return None if data is None else from_plain(args[0], data)
+        (inner,) = [a for a in typing.get_args(cls) if a is not _NONE]
+        return None if data is None else from_plain(inner, data)
     if origin is tuple:
         args = typing.get_args(cls)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(from_plain(args[0], d) for d in data)
         return tuple(from_plain(a, d) for a, d in zip(args, data, strict=True))
-    if dataclasses.is_dataclass(cls):
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
         unknown = set(data) - set(hints)
         assert not unknown, f"{cls.__name__}: no field {sorted(unknown)}"

@@ -1,4 +1,5 @@
-"""A snapshot: the full set of xDS resources, versioned per type by content hash."""
+"""What the admin API and the golden files show of a snapshot: every type as JSON, with
+private keys, client API keys and injected Authorization headers masked."""
 
 from __future__ import annotations
 

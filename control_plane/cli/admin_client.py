@@ -1,12 +1,5 @@
-"""`whisper-gateway status` and `whisper-gateway backends`: the admin API as tables.
-
-`status` is `istioctl proxy-status` for this gateway: every Envoy connected
-over ADS, each xDS type SYNCED / STALE / NOT_SENT / ERROR, the versions and the
-last NACK. `backends` is one line per endpoint: models, health, last probe, in
-flight, QPS, p50/p99 latency, errors and audio served. Both read the admin API
-(GET /status, GET /backends); `--json` prints what it returned, for scripts.
-The tables are pure functions of that JSON.
-"""
+"""A client of the control plane's admin API for `status` and `backends`: where it
+listens (the config's address, a Unix socket, or `--admin`) and one GET."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""The command line shared by `whisper-gateway` and `python -m control_plane`.
-
-    [serve|bootstrap|check|status|backends] [--config FILE | vllm-router flags] [our flags]
-
-The command, when given, comes first; anything else on the line is a flag, so
-the router's own command line (`--host 0.0.0.0 --port 8001 ...`) reads as-is.
-"""
+"""Logging for every command: the router's level names, text or JSON lines."""
 
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
-"""`python -m control_plane`: the control plane alone (xDS + admin API), or its tools.
+"""`python -m control_plane`: serve xDS and the admin API, or run one of its tools.
 
     python -m control_plane [--config FILE | router flags]     serve xDS and the admin API
     python -m control_plane bootstrap [--xds-host H] [--output F]   Envoy's bootstrap JSON
     python -m control_plane check (or --dry-run)               print the config it would run
     python -m control_plane status|backends [--json] [--admin URL]   ask a running one
 
-`whisper-gateway` (gateway_supervisor) runs this and Envoy together.
-"""
+`whisper-gateway` (gateway_supervisor) runs this and Envoy together."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Secrets from files and the environment: the listener's certificate, client API keys,
-backend keys and the CA for https backends.
-
-Read by the control plane (never by Envoy), so a rotated certificate or an edited
-key file reaches Envoy over xDS without a restart: `watch` polls the files and
-posts each good load into the reconciler; a bad edit is logged and the last good
-secrets stay. Nothing here ever logs a key.
-"""
+"""A self-signed listener certificate, made at start when the config asks for one
+(`tls.self_signed`) and none is there yet."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""The input model: one YAML file, validated at start.
-
-Every error names the field (`backends[1].url`) and the reason, so a bad
-config is refused before anything listens. Each default and bound is written
-once, on the dataclass field; the parser reads them from there.
-
-Hand-written rather than pydantic: the sections are flat, the error text
-(`config error at limits.max_upload_mb: must be >= 0.001, got 0`) is what the
-tests pin, and a field-driven reader is smaller than the models plus the
-translation of pydantic's error locations.
-"""
+"""YAML -> GatewayConfig: every value checked against its field's type and bounds, every
+error naming the field's path (`backends[1].url`); and back to YAML for `check`."""
 
 from __future__ import annotations
 

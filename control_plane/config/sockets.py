@@ -1,4 +1,5 @@
-"""Backend addresses: an IP stays itself; a host name becomes one endpoint per address."""
+"""Addresses as the config gives them: an IP literal or a host name, a gRPC target
+(`host:port` or `unix:/path`), and the permissions of a plane's Unix socket."""
 
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
-"""Secrets from files and the environment: the listener's certificate, client API keys,
-backend keys and the CA for https backends.
+"""Secrets from files and the environment, read into the IR: the listener's certificate,
+client API keys, backend keys and the CA for https backends.
 
-Read by the control plane (never by Envoy), so a rotated certificate or an edited
-key file reaches Envoy over xDS without a restart: `watch` polls the files and
-posts each good load into the reconciler; a bad edit is logged and the last good
-secrets stay. Nothing here ever logs a key.
-"""
+Read by the control plane (never by Envoy), so a rotated certificate or an edited key
+file reaches Envoy over xDS without a restart (reconcile/secrets_watch.py). A bad value
+is refused naming its field. Nothing here ever logs a key."""
 
 from __future__ import annotations
 

@@ -1,22 +1,4 @@
-"""The router's /metrics, in its names, from Envoy's stats, the access log and the probes.
-
-What a router user's dashboard and autoscaler read (`vllm:*` with `server` the
-backend URL), computed here:
-
-- `vllm:healthy_pods_total{server}`: 1 when the probes find the endpoint healthy;
-- `vllm:current_qps`, `vllm:avg_latency{server}`: the access log over the window;
-- `vllm:num_requests_running{server}`: Envoy's requests active on that host;
-- `vllm:num_requests_waiting{server}`: the backend's own waiting count (when it
-  exports one) plus the requests Envoy holds for its model, shared evenly
-  between that model's healthy endpoints (so a sum over servers is the total);
-- `vllm:num_incoming_requests_total{model}`, `vllm:request_errors_total`,
-  `vllm:request_latency_seconds`: the access log;
-- `router_{cpu,memory,disk}_usage_percent`: this host.
-
-LLM-only series (token counts, prefix cache, ITL) are left out. Live values are
-read from the local Envoy's admin and each backend's /metrics at scrape time,
-with a short timeout each: a scrape never waits on a hung backend for long.
-"""
+"""This host's CPU, memory and disk use: the router's `router_*_usage_percent`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backend addresses: an IP stays itself; a host name becomes one endpoint per address."""
+"""Backend host names -> addresses, off the event loop: the DNS event source."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""The one owner of control-plane state: events in, snapshots out.
-
-Every input (config reload, DNS answer, probe verdict, drain, Envoy ACK) is an
-event on one queue. One task takes a batch of events (the first, plus whatever
-arrives within DEBOUNCE_S), folds them into a new FleetState, and publishes
-the snapshot built from it. Nothing else writes the state; readers (admin API,
-metrics) read the frozen FleetState value, which is always a whole picture.
-
-Removing a cluster takes two pushes (docs/architecture.md, xDS rule 9): first the
-new routes with the old clusters kept, then, once every Envoy has ACKed those
-routes (or REMOVAL_TIMEOUT_S passed), the clusters go. That wait is a state of
-this loop, not an await in the middle of a method, so events keep flowing.
-"""
+"""Probe targets from the fleet's state: one (endpoint, model) each, with the TLS and key
+that Envoy uses for the same backend."""
 
 from __future__ import annotations
 

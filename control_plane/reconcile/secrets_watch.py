@@ -1,11 +1,5 @@
-"""Secrets from files and the environment: the listener's certificate, client API keys,
-backend keys and the CA for https backends.
-
-Read by the control plane (never by Envoy), so a rotated certificate or an edited
-key file reaches Envoy over xDS without a restart: `watch` polls the files and
-posts each good load into the reconciler; a bad edit is logged and the last good
-secrets stay. Nothing here ever logs a key.
-"""
+"""The secrets files as an event source: polled, and each good load posted to the
+reconciler; a bad edit is logged and the last good secrets stay."""
 
 from __future__ import annotations
 

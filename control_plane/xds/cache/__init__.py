@@ -1,1 +1,2 @@
-"""TODO."""
+"""The snapshot and its cache: versioned per type by content hash, checked for closed
+references before it is published."""

@@ -1,4 +1,5 @@
-"""A snapshot: the full set of xDS resources, versioned per type by content hash."""
+"""What a snapshot must satisfy before it is published (its references close), and the
+first of the two pushes that remove clusters (docs/architecture.md, xDS rules 9 and 11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RDS: the routes, the Lua source, and the gateway's own answers.
+"""RDS: the routes, the Lua filters per route, and the gateway's own answers.
 
 Order matters: the POST audio catch-all is a normal route (so the request
 body has a buffer limit when Lua reads it), the model routes match the
