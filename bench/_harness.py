@@ -4,7 +4,7 @@ Every scenario module has `main(argv)` with `--smoke` (the same code on tiny
 counts, for CI: it proves the scenario runs and yields numbers, nothing more)
 and writes one JSON file through `write_result`. `BENCH_RESULTS` (an env var)
 moves the results elsewhere, so a smoke run never overwrites the figures the
-README quotes. A scenario states each target it has with `target()`: met or
+docs quote. A scenario states each target it has with `target()`: met or
 missed, never hidden.
 """
 

@@ -47,7 +47,7 @@ VIA_GATEWAY = DEFAULTS + " via the gateway"
 QUIET_PROBE = {"interval_s": 3600, "timeout_s": 30, "healthy_threshold": 1}
 
 # Targets. tiny.en >= 20x real time at concurrency 1 and >= 1.5x the throughput at
-# concurrency 2 are the CPU backend's own (README). The gateway's: an upload of a
+# concurrency 2 are the CPU backend's own (docs/backend.md). The gateway's: an upload of a
 # few hundred KB buffered by Lua and one more loopback hop cost milliseconds against
 # seconds of decoding, so the gateway should keep >= 95 % of the direct RTF; more
 # loss would mean Envoy takes CPU the decode needs.

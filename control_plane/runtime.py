@@ -268,7 +268,7 @@ class ControlPlane:
         log.warning("serving xDS before every first probe decided (%.1f s)", limit)
 
     async def backends(self) -> list[dict[str, Any]]:
-        """One row per endpoint (backend_stats.backend_rows), in flight read from Envoy now."""
+        """One row per endpoint (observe.backend_rows), in flight read from Envoy now."""
         in_flight = await read_envoy_running(self.envoy_admin_url)
         return backend_rows(
             self.endpoints(), self.request_stats, in_flight, self.engines, self.probe_snapshot()

@@ -1,6 +1,6 @@
 """The control plane's admin HTTP API: what every Envoy was sent, ACKed and NACKed,
 the published snapshot, and each backend endpoint's health. It asks no credentials: bind
-it to loopback or a Unix socket (see planes.py)."""
+it to loopback or a Unix socket (see exposure.py)."""
 
 from __future__ import annotations
 

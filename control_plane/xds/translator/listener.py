@@ -51,8 +51,8 @@ ACCESS_LOG_FORMAT = {
     "request_id": "%REQ(X-REQUEST-ID)%",
     "method": "%REQ(:METHOD)%",
     "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-    "model": "%REQ(X-GATEWAY-MODEL)%",
-    "client": "%REQ(X-GATEWAY-CLIENT)%",  # the API key's client name, never the key
+    "model": f"%REQ({MODEL_HEADER.upper()})%",
+    "client": f"%REQ({CLIENT_HEADER.upper()})%",  # the API key's client name, never the key
     "status": "%RESPONSE_CODE%",
     "flags": "%RESPONSE_FLAGS%",
     "details": "%RESPONSE_CODE_DETAILS%",
@@ -69,7 +69,7 @@ ACCESS_LOG_FORMAT = {
 #: The same fields as one line for people (`log_format: text`).
 ACCESS_LOG_TEXT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%" %RESPONSE_CODE% '
-    "%RESPONSE_FLAGS% model=%REQ(X-GATEWAY-MODEL)% client=%REQ(X-GATEWAY-CLIENT)% "
+    f"%RESPONSE_FLAGS% model=%REQ({MODEL_HEADER.upper()})% client=%REQ({CLIENT_HEADER.upper()})% "
     "upstream=%UPSTREAM_HOST% in=%BYTES_RECEIVED% out=%BYTES_SENT% ms=%DURATION% "
     "first_byte_ms=%RESPONSE_DURATION% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% "
     f"audio_s=%DYNAMIC_METADATA({METER}:audio_duration)% "

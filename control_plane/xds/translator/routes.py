@@ -24,6 +24,7 @@ from control_plane.names import (
     BACKEND_HEADER,
     FORMAT_FILTER,
     META_NS,
+    MODEL_HEADER,
     ROUTE_CONFIG_NAME,
     UNROUTED_CLUSTER,
 )
@@ -216,7 +217,7 @@ def build_routes(model: GatewayModel, lua: str) -> list[rc.Route]:
         # asked for a conversion, so plain JSON answers never enter Lua on the way back.
         for convert in (True, False):
             meta = {"model": c.model, **({"convert": "1"} if convert else {})}
-            response_headers = [_header("x-gateway-model", c.model)]
+            response_headers = [_header(MODEL_HEADER, c.model)]
             if model.edge.backend_header:
                 response_headers.append(_header(BACKEND_HEADER, "%UPSTREAM_REMOTE_ADDRESS%"))
             backend_key = dict(model.security.backend_keys).get(c.model)
