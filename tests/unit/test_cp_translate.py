@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import textwrap
 from dataclasses import replace
@@ -42,6 +41,8 @@ from control_plane.xds.translator.endpoints import build_load_assignments
 from control_plane.xds.translator.listener import build_listener
 from control_plane.xds.translator.lua import library_source, multipart_source, render_lua
 from control_plane.xds.translator.routes import AUDIO_PATH_RE, RETRY_ON, build_route_config
+from testkit import lua
+from testkit.lua import LUA, LUAC
 from testkit.snapshots import model_from
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -548,58 +549,9 @@ def test_listener_port_change_changes_only_lds() -> None:
 
 # ------------------------------------------------------------------ the Lua, run
 
-LUA = shutil.which("lua5.1") or shutil.which("luajit") or shutil.which("lua")
-LUAC = shutil.which("luac5.1") or shutil.which("luac")
 needs_lua = pytest.mark.skipif(
     LUA is None, reason="no Lua interpreter (apt-get install -y lua5.1) to run the filter source"
 )
-
-HARNESS = r"""
-local src, body_path, ctype = arg[1], arg[2], arg[3]
-local method, path, client_model = arg[4], arg[5], arg[6]
-dofile(src)
-local f = assert(io.open(body_path, "rb"))
-local data = f:read("*a")
-f:close()
-local hdrs = {[":method"] = method, [":path"] = path}
-if ctype ~= "" then hdrs["content-type"] = ctype end
-if client_model ~= "" then hdrs["x-gateway-model"] = client_model end
-local headers = {
-  get = function(self, k) return hdrs[k] end,
-  remove = function(self, k) hdrs[k] = nil end,
-  replace = function(self, k, v) hdrs[k] = v end,
-}
-local replied, cleared = nil, false
-local meta = {}
-local handle = {
-  headers = function(self) return headers end,
-  body = function(self)
-    if data == "" then return nil end
-    return {
-      length = function(s) return #data end,
-      getBytes = function(s, i, n) return string.sub(data, i + 1, i + n) end,
-      setBytes = function(s, b) data = b end,
-    }
-  end,
-  streamInfo = function(self)
-    return {dynamicMetadata = function(s)
-      return {
-        set = function(m, ns, k, v) meta[ns] = meta[ns] or {}; meta[ns][k] = v end,
-        get = function(m, ns) return meta[ns] end,
-      }
-    end}
-  end,
-  respond = function(self, h, b) replied = {h, b} end,
-  clearRouteCache = function(self) cleared = true end,
-}
-envoy_on_request(handle)
-if replied then
-  io.write("REPLY ", replied[1][":status"], " ", replied[1]["content-type"], "\n", replied[2])
-else
-  local routed = meta.whisper_gateway and meta.whisper_gateway.model
-  io.write("PASS ", tostring(routed), " ", tostring(cleared))
-end
-"""
 
 
 def run_lua(
@@ -610,20 +562,10 @@ def run_lua(
     path: str = "/v1/audio/transcriptions",
     client_model: str = "",
 ) -> str:
-    assert LUA is not None
-    src = tmp_path / "filter.lua"
-    src.write_text(rendered_lua())
-    harness = tmp_path / "harness.lua"
-    harness.write_text(HARNESS)
     data = tmp_path / "body.bin"
     data.write_bytes(body)
-    proc = subprocess.run(
-        [LUA, str(harness), str(src), str(data), ctype, method, path, client_model],
-        capture_output=True,
-        timeout=30,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode()
+    out, _ = lua.run("request", rendered_lua(), data, ctype, method, path, client_model)
+    return out
 
 
 def reply(out: str) -> tuple[int, dict[str, Any]]:

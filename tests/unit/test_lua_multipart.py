@@ -10,18 +10,14 @@ bodies go through the real Envoy in tests/e2e/test_e2e_parser_property.py.
 
 from __future__ import annotations
 
-import atexit
-import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
 from control_plane.xds.translator.lua import multipart_source
+from testkit import lua
+from testkit.lua import LUA, NO_LUA
 from testkit.multipart_forms import (
     CTYPE,
     FILE_CD,
@@ -37,50 +33,8 @@ from testkit.multipart_forms import (
     part,
 )
 
-LUA = shutil.which("lua5.1") or shutil.which("luajit")
-pytestmark = pytest.mark.skipif(LUA is None, reason="no Lua interpreter (apt-get install lua5.1)")
+pytestmark = pytest.mark.skipif(LUA is None, reason=NO_LUA)
 WINDOW = 1048576
-
-# Loads the reader's text with its local functions exposed (optionally with a
-# smaller window), reads one body from a file and prints what it found, hex-coded.
-HARNESS = r"""
-local src, body_path, ctype, spec, window = arg[1], arg[2], arg[3], arg[4], arg[5]
-local f = assert(io.open(src, "rb")); local code = f:read("*a"); f:close()
-if window ~= "" then
-  local n
-  code, n = code:gsub("local WINDOW = 1048576", "local WINDOW = " .. window)
-  assert(n == 1, "no WINDOW constant")
-end
-code = code .. "\nreturn {boundary = multipart_boundary, fields = multipart_fields}"
-local m = assert(loadstring(code))()
-f = assert(io.open(body_path, "rb")); local data = f:read("*a"); f:close()
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
-local fetched, largest = 0, 0
-local body = {
-  length = function(self) return #data end,
-  getBytes = function(self, i, n)
-    assert(i >= 0 and n >= 0 and i + n <= #data, "getBytes out of range")
-    fetched = fetched + n
-    if n > largest then largest = n end
-    return string.sub(data, i + 1, i + n)
-  end,
-}
-local wanted = {}
-for k, v in spec:gmatch("([%w_]+)=(%d+)") do wanted[k] = tonumber(v) end
-local b = m.boundary(ctype)
-if not b then io.write("NOBOUNDARY\n") return end
-io.write("BOUNDARY ", hex(b), "\n")
-local fields, err = m.fields(body, b, wanted)
-if fields then
-  io.write("OK\n")
-  for k, v in pairs(fields) do io.write("F ", k, " ", v[2], " ", hex(v[1]), "\n") end
-else
-  io.write("ERR ", err.status, " ", err.param or "-", " ", hex(err.message), "\n")
-end
-io.write("STATS ", fetched, " ", largest, "\n")
-"""
 
 
 @dataclass(frozen=True)
@@ -101,31 +55,16 @@ class Read:
         return self.fields["model"][0] if "model" in self.fields else None
 
 
-_DIR = Path(tempfile.mkdtemp(prefix="lua-multipart-"))
-atexit.register(shutil.rmtree, _DIR, True)
-(_DIR / "h.lua").write_text(HARNESS)
-(_DIR / "multipart.lua").write_text(multipart_source())
-
-
 def lua_read(
     body: bytes, ctype: str = CTYPE, wanted: dict[str, int] = WANTED, window: int | None = None
 ) -> Read:
-    assert LUA is not None
-    fd, path = tempfile.mkstemp(dir=_DIR)
+    path = lua.with_file(body)
     try:
-        os.write(fd, body)
-        os.close(fd)
         spec = ",".join(f"{k}={v}" for k, v in wanted.items())
-        proc = subprocess.run(
-            [LUA, str(_DIR / "h.lua"), str(_DIR / "multipart.lua"), path, ctype, spec,
-             str(window or "")],
-            capture_output=True,
-            timeout=60,
-        )  # fmt: skip
+        out, _ = lua.run("multipart", multipart_source(), path, ctype, spec, str(window or ""))
     finally:
-        os.unlink(path)
-    assert proc.returncode == 0, proc.stderr.decode()
-    lines = proc.stdout.decode().splitlines()
+        path.unlink()
+    lines = out.splitlines()
     if lines == ["NOBOUNDARY"]:
         return Read(None)
     boundary = bytes.fromhex(lines[0].split()[1])

@@ -10,74 +10,17 @@ The real Envoy runs the same source in tests/e2e/test_e2e_formats.py.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from control_plane.xds.translator.lua import format_source
+from testkit import lua
+from testkit.lua import LUA, NO_LUA
 from whisper_backend.engine import Segment
 from whisper_backend.formats import Result, render_srt, render_text, render_vtt
 
-LUA = shutil.which("lua5.1") or shutil.which("luajit")
-pytestmark = pytest.mark.skipif(LUA is None, reason="no Lua interpreter (apt-get install lua5.1)")
-
-HARNESS = r"""
-local src, meta_path, chunks_path, ctype, status = arg[1], arg[2], arg[3], arg[4], arg[5]
-dofile(src)
-local function read(p)
-  local f = assert(io.open(p, "rb")); local d = f:read("*a"); f:close(); return d
-end
-local meta = {}
-for k, v in read(meta_path):gmatch("([%w_]+)=([%w_]+)") do meta[k] = v end
-local chunks = {}
-local raw = read(chunks_path)
-for piece in (raw .. "\0\0"):gmatch("(.-)%z%z") do chunks[#chunks + 1] = piece end
-chunks[#chunks] = nil
-local hdrs = {["content-type"] = ctype, [":status"] = status}
-local headers = {
-  get = function(self, k) return hdrs[k] end,
-  replace = function(self, k, v) hdrs[k] = v end,
-}
-local out = {}
-local whole = table.concat(chunks)
-local handle = {
-  headers = function(self) return headers end,
-  streamInfo = function(self)
-    return {dynamicMetadata = function(s) return {
-      get = function(m, ns) return meta end,
-      -- What the filter writes (metering) goes to stderr, for the test to read.
-      set = function(m, ns, k, v) io.stderr:write("SET ", ns, " ", k, " ", tostring(v), "\n") end,
-    } end}
-  end,
-  body = function(self)
-    return {
-      length = function(s) return #whole end,
-      getBytes = function(s, i, n) return string.sub(whole, i + 1, i + n) end,
-      setBytes = function(s, b) whole = b end,
-    }
-  end,
-  bodyChunks = function(self)
-    local i = 0
-    return function()
-      if i > 0 then out[#out + 1] = chunks[i].out end
-      i = i + 1
-      if i > #chunks then return nil end
-      local c = {data = chunks[i]}
-      c.out = c.data
-      chunks[i] = c
-      return {
-        length = function(s) return #c.data end,
-        getBytes = function(s, a, n) return string.sub(c.data, a + 1, a + n) end,
-        setBytes = function(s, b) c.out = b end,
-      }
-    end
-  end,
-}
-envoy_on_response(handle)
-if #out > 0 then io.write(table.concat(out)) else io.write(hdrs["content-type"], "\n", whole) end
-"""
+pytestmark = pytest.mark.skipif(LUA is None, reason=NO_LUA)
 
 
 def lua_source() -> str:
@@ -91,20 +34,13 @@ def run(
     ctype: str = "text/event-stream",
     status: str = "200",
 ) -> str:
-    assert LUA is not None
-    (tmp_path / "f.lua").write_text(lua_source())
-    (tmp_path / "h.lua").write_text(HARNESS)
     (tmp_path / "meta").write_text(" ".join(f"{k}={v}" for k, v in meta.items()))
     (tmp_path / "chunks").write_bytes(b"".join(c + b"\0\0" for c in chunks))
-    proc = subprocess.run(
-        [LUA, str(tmp_path / "h.lua"), str(tmp_path / "f.lua"), str(tmp_path / "meta"),
-         str(tmp_path / "chunks"), ctype, status],
-        capture_output=True,
-        timeout=30,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr.decode()
-    (tmp_path / "stderr").write_bytes(proc.stderr)
-    return proc.stdout.decode()
+    out, err = lua.run(
+        "response", lua_source(), tmp_path / "meta", tmp_path / "chunks", ctype, status
+    )
+    (tmp_path / "stderr").write_text(err)
+    return out
 
 
 def metadata_set(tmp_path: Path) -> list[str]:
