@@ -55,7 +55,7 @@ async def env() -> AsyncIterator[Env]:
     cache = SnapshotCache()
     assert cache.set(snap())
     port = free_port()
-    server, ads = await serve(cache, "127.0.0.1", port)
+    server, ads = await serve(cache, f"127.0.0.1:{port}")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield Env(cache, ads, ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel))

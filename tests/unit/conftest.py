@@ -44,8 +44,8 @@ def _no_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     real_init = subprocess.Popen.__init__
 
     def popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
-        argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
-        argv = [os.fsdecode(a) for a in argv]
+        given = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        argv = [os.fsdecode(a) for a in given]
         if not _allowed(argv):
             raise AssertionError(f"a unit test started {argv[:3]}: move it to tests/e2e/")
         real_init(self, args, *rest, **kw)
