@@ -160,8 +160,12 @@ def gateway_config(backends: list[dict[str, Any]], **overrides: Any) -> dict[str
 def start_gateway(workdir: Path, config: dict[str, Any]) -> Gateway:
     workdir.mkdir(parents=True, exist_ok=True)
     gw = Gateway(workdir, config)
-    gw.start_control_plane()
-    gw.start_envoy()
+    try:
+        gw.start_control_plane()
+        gw.start_envoy()
+    except BaseException:
+        gw.stop()  # a half-started gateway is not left running
+        raise
     return gw
 
 

@@ -5,6 +5,7 @@ Every process is started here and ended by its own pid, never by name.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -28,6 +29,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+#: Every process started here, so none outlives the run that started it (stop_all).
+_STARTED: list[Proc] = []
+
+
 @dataclass
 class Proc:
     """A child process with its log file, stopped by pid."""
@@ -46,6 +51,7 @@ class Proc:
             self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
         )
         log.close()
+        _STARTED.append(self)
         return self
 
     @property
@@ -81,6 +87,16 @@ class Proc:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except FileNotFoundError:
             return ""
+
+
+def stop_all() -> None:
+    """Stop every process this run started that still runs: a fixture that failed half
+    way, or a test cut short, leaves nothing behind (tests/conftest.py, atexit)."""
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
+atexit.register(stop_all)
 
 
 def wait_http(url: str, timeout: float = 60.0, proc: Proc | None = None, status: int = 200) -> None:

@@ -16,7 +16,7 @@ import pytest
 from backend_fixtures import backend_logs, base_url, tiny_url
 
 from testkit.gateway import Gateway, gateway_config, start_gateway
-from testkit.procs import free_port, start_backend, start_fake
+from testkit.procs import free_port, start_backend, start_fake, stop_all
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,6 +25,14 @@ BASE = "openai/whisper-base"
 SMALL = "openai/whisper-small"  # configured, never served: its backend is down
 SLOW = "fake/slow"
 SLOW_STREAM = "fake/slow-stream"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_outlives_the_run() -> Iterator[None]:
+    """Every process a test started is stopped by the end of the run, even one whose
+    fixture failed half way (testkit.procs.stop_all)."""
+    yield
+    stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -93,9 +93,11 @@ def _gateway(tmp_path: Path, backends: list[dict[str, Any]]) -> Gateway:
 def gw(tmp_path: Path, fleet: Fleet) -> Iterator[Gateway]:
     fleet.ensure()
     g = _gateway(tmp_path, [_backend(p) for p in fleet.ports])
-    g.wait_backends({fleet.key(0), fleet.key(1)})
-    yield g
-    g.stop()
+    try:
+        g.wait_backends({fleet.key(0), fleet.key(1)})
+        yield g
+    finally:
+        g.stop()
 
 
 def health_of(gw: Gateway, key: str) -> str:
