@@ -154,7 +154,11 @@ async def test_20mb_upload_with_model_after_file(gateway: Gateway, fleet: dict[s
     data.add_field("response_format", "json")
     status, headers, body = await post(gateway, data)
     assert status == 200, body
-    assert "quick" in json.loads(body)["text"].lower()
+    # hello.wav said 21 times without a pause makes tiny.en loop on a phrase ("the long
+    # world, ..."), so only words of its first sentence are sure to be there; that the
+    # whole upload was decoded is the metering check below.
+    text = json.loads(body)["text"].lower()
+    assert any(w in text for w in ("world", *WORDS)), text
     served = "http://" + headers["x-gateway-backend"]
     assert served in fleet["tiny"]
     after = {u: metric(read_metrics(u), "whisper_backend_audio_seconds_total") for u in before}
