@@ -11,6 +11,9 @@ Run as `python testkit/fake_backend.py --mode MODE --port N`. Modes:
   reset_stream starts an SSE stream, sends two chunks, then drops the connection
   timed_stream slow_stream whose chunks carry their send time (bench baseline)
   verbose_long answers a 10-minute verbose_json at once (bench baseline)
+  lost_window  answers as vLLM 0.32 does for 88.7 s of speech (docs/vllm.md): json with
+               the whole text, verbose_json with the same duration but the last window's
+               segments lost (they stop at 54.4 s)
   bytewise_stream  a short SSE stream written one byte per write
   error_stream     one chunk, then an error event, then [DONE]
   echo_form    parses the upload with whisper_backend's own form reader (aiohttp) and
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import re
 import time
 
 from aiohttp import web
@@ -70,6 +74,35 @@ def _verbose_10min() -> dict[str, object]:
     ]
     text = "".join(str(s["text"]) for s in segments)
     return {"language": "en", "duration": 600.0, "text": text, "segments": segments}
+
+
+LOST_WINDOW_TEXT = [
+    (0.0, 10.0, " The library opens at five in the morning."),
+    (10.0, 21.0, " Visitors can borrow books and use the computers for free."),
+    (29.1, 54.38, " The library opens at eight in the morning and closes at five."),
+    (58.9, 88.5, " This is the end of the long recording."),
+]
+
+
+def _lost_window(body: bytes) -> dict[str, object]:
+    """vLLM 0.32 on 88.7 s of speech: json whole, verbose_json without its last window."""
+    found = re.search(rb'name="response_format"\r\n\r\n([a-z_]+)', body)
+    fmt = found.group(1).decode() if found else "json"
+    if fmt != "verbose_json":
+        text = "  ".join(t for _, _, t in LOST_WINDOW_TEXT)
+        return {"text": text, "usage": {"type": "duration", "seconds": 89}}
+    kept = LOST_WINDOW_TEXT[:-1]
+    segments = [
+        {"id": i, "seek": int(s) // 29 * 29, "start": s, "end": e, "text": t}
+        for i, (s, e, t) in enumerate(kept)
+    ]
+    return {
+        "duration": 88.7,
+        "language": "en",
+        "text": "  ".join(t for _, _, t in kept),
+        "segments": segments,
+        "words": None,
+    }
 
 
 def make_app(
@@ -127,6 +160,8 @@ def make_app(
             return web.Response(text="<html>not json", content_type="text/html")
         if mode == "verbose_long":
             return web.json_response(_verbose_10min())
+        if mode == "lost_window":
+            return web.json_response(_lost_window(body))
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         if mode in ("bytewise_stream", "error_stream"):
@@ -219,6 +254,7 @@ def main() -> None:
             "trickle",
             "timed_stream",
             "verbose_long",
+            "lost_window",
             "bytewise_stream",
             "error_stream",
             "echo_form",

@@ -8,7 +8,7 @@ copies out, body chunks, dynamic metadata, a direct reply):
   content-type` and the body, or `PASS <model routed to> <route cache cleared>`;
 - `response`: the response side (envoy_on_response) on a backend's body cut into
   chunks; prints the body as the client gets it; metadata it sets goes to stderr as
-  `SET namespace key value`;
+  `SET namespace key value`, and the final status as `STATUS code`;
 - `multipart`: the multipart reader's own functions (optionally with a smaller read
   window); prints the boundary, the fields or the error, hex-coded, and `STATS
   <bytes copied> <largest copy>`.
@@ -130,6 +130,7 @@ elseif mode == "response" then
     end,
   }
   envoy_on_response(handle)
+  io.stderr:write("STATUS ", hdrs[":status"], "\n")
   if #out > 0 then io.write(table.concat(out)) else io.write(hdrs["content-type"], "\n", whole) end
 
 elseif mode == "multipart" then

@@ -174,6 +174,7 @@ def test_every_response_format(gw: Gateway, fmt: str) -> None:
 
 def test_every_field_reaches_the_backend_unchanged(gw: Gateway) -> None:
     """Only response_format is rewritten (srt -> verbose_json); nothing dropped or added."""
+    import urllib.error
     import urllib.request
 
     fields: list[tuple[str, str]] = [
@@ -200,8 +201,12 @@ def test_every_field_reaches_the_backend_unchanged(gw: Gateway) -> None:
         method="POST",
         headers={"content-type": f"multipart/form-data; boundary={b}"},
     )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert r.status == 200
+    # The FAKE answers json, without segments, to everything: the gateway refuses to
+    # render an empty srt from it (502, said so) rather than pass on an empty transcript.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 502
+    assert "no duration or segments" in json.loads(refused.value.read())["error"]["message"]
     port = gw.fake_port  # type: ignore[attr-defined]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fake/requests", timeout=5) as r:
         seen = json.loads(r.read())[-1]

@@ -10,6 +10,7 @@ The real Envoy runs the same source in tests/e2e/test_e2e_formats.py.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,83 @@ def test_errors_are_not_rendered(tmp_path: Path) -> None:
     out = run(tmp_path, [err], {"stream_format": "openai", "render": "srt"},
               ctype="application/json", status="400")  # fmt: skip
     assert out == "application/json\n" + err.decode()
+
+
+def status_of(tmp_path: Path) -> str:
+    """The response status after the filter (the harness writes it to stderr)."""
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    return next(line.split()[1] for line in lines if line.startswith("STATUS "))
+
+
+def verbose(duration: float, spans: list[tuple[float, float]]) -> bytes:
+    return json.dumps(
+        {
+            "language": "en",
+            "duration": duration,
+            "text": " words" * len(spans),
+            "segments": [
+                {"id": i, "seek": 0, "start": s, "end": e, "text": " words"}
+                for i, (s, e) in enumerate(spans)
+            ],
+        }
+    ).encode()
+
+
+# vLLM 0.32's verbose_json of longer audio (docs/vllm.md): the first windows lost (one
+# segment 88.2-98.2 of 88.7 s), the last window lost (segments to 54.4 s of 88.7 s),
+# and no segment at all for 60 s of audio.
+PARTIAL = [
+    (88.7, [(88.2, 98.2)]),
+    (88.7, [(0.0, 10.0), (10.0, 21.0), (29.1, 49.34), (49.34, 54.38)]),
+    (60.0, []),
+]
+
+
+@pytest.mark.parametrize("case", PARTIAL)
+@pytest.mark.parametrize("fmt", ["srt", "vtt", "verbose_json"])
+def test_segments_that_miss_part_of_the_audio_are_refused(
+    tmp_path: Path, case: tuple[float, list[tuple[float, float]]], fmt: str
+) -> None:
+    meta = {"render": fmt} if fmt != "verbose_json" else {"check": fmt}
+    out = run(tmp_path, [verbose(*case)], {"stream_format": "openai", **meta},
+              ctype="application/json")  # fmt: skip
+    ctype, _, body = out.partition("\n")
+    assert status_of(tmp_path) == "502" and ctype == "application/json"
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["code"] == 502 and err["param"] == "response_format"
+    assert "does not cover the whole audio" in err["message"]
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt", "verbose_json"])
+def test_pauses_inside_and_a_last_segment_past_the_end_pass(tmp_path: Path, fmt: str) -> None:
+    """What whisper_backend answers: tiny.en on 20 s of speech, 40 s of silence, 20 s of
+    speech leaves the silence without a segment; base's last window runs past the end."""
+    for body in (
+        verbose(80.0, [(0.0, 6.2), (6.2, 20.0), (60.0, 68.2), (68.2, 80.0)]),
+        verbose(35.0, [(0.0, 5.0), (5.0, 27.0), (27.0, 32.0), (32.0, 37.0)]),
+        verbose(4.7, []),  # silence shorter than a window: an empty transcript is whole
+    ):
+        meta = {"render": fmt} if fmt != "verbose_json" else {"check": fmt}
+        out = run(tmp_path, [body], {"stream_format": "openai", **meta}, ctype="application/json")
+        ctype, _, got = out.partition("\n")
+        assert status_of(tmp_path) == "200", got
+        if fmt == "verbose_json":  # checked, then passed on byte for byte
+            assert ctype == "application/json" and got == body.decode()
+        else:
+            n = len(json.loads(body)["segments"])
+            assert len(times(got, "," if fmt == "srt" else ".")) == 2 * n
+
+
+def test_text_is_json_s_whole_text(tmp_path: Path) -> None:
+    """text is rendered from json (the request side asks the backend for json): no
+    segments are needed, so a backend whose segments fall short cannot cut it."""
+    body = b'{"text":" Hello world.  The rest of it.","usage":{"type":"duration","seconds":89}}'
+    out = run(tmp_path, [body], {"stream_format": "openai", "render": "text"},
+              ctype="application/json")  # fmt: skip
+    assert status_of(tmp_path) == "200"
+    assert out == "text/plain; charset=utf-8\nHello world.  The rest of it.\n"
+
+
+def times(text: str, sep: str) -> list[str]:
+    return re.findall(rf"\d\d:\d\d:\d\d{re.escape(sep)}\d\d\d", text)

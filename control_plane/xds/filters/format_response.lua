@@ -141,6 +141,39 @@ local function render(fmt, verbose)
   return out
 end
 
+-- Whisper decodes audio in windows of 30 s. Segments that begin more than a window
+-- after the audio's start or stop more than a window before its end mean a window's
+-- segments were lost (vLLM 0.32 drops the first or the last windows of longer audio
+-- from verbose_json: docs/vllm.md): what is missing, or nil when both ends are covered.
+-- Pauses inside are not judged (silence leaves no segment), nor a segment that runs past
+-- the end (the last window's timestamps often do).
+local WINDOW_S = 30
+local function uncovered(verbose)
+  local duration, segments = tonumber(verbose.duration), verbose.segments
+  if duration == nil or type(segments) ~= "table" then return "no duration or segments" end
+  local first, last = nil, nil
+  for _, seg in ipairs(segments) do
+    local s, e = tonumber(seg.start), tonumber(seg["end"])
+    if s == nil or e == nil then return "a segment without start or end" end
+    if first == nil or s < first then first = s end
+    if last == nil or e > last then last = e end
+  end
+  if first == nil then
+    if duration > WINDOW_S then return string.format("no segment in %.1f s of audio", duration) end
+    return nil
+  end
+  if first > WINDOW_S then return string.format("no segment from 0.0 s to %.1f s", first) end
+  if duration - last > WINDOW_S then
+    return string.format("no segment from %.1f s to %.1f s", last, duration)
+  end
+  return nil
+end
+
+local function error_body(status, message, param)
+  return '{"error":{"message":' .. json_string(message) .. ',"type":"server_error","param":'
+    .. (param and json_string(param) or "null") .. ',"code":' .. status .. '}}'
+end
+
 -- ---------------------------------------------------------------- streams
 
 -- One backend SSE event (vLLM's chunk shape) in the client's stream format.
@@ -190,10 +223,23 @@ function envoy_on_response(handle)
   local headers = handle:headers()
   local ctype = headers:get("content-type") or ""
   local status = headers:get(":status")
-  if meta.render and status == "200" and ctype:find("application/json", 1, true) then
+  local whole = meta.render or meta.check
+  if whole and status == "200" and ctype:find("application/json", 1, true) then
     local body = handle:body()
     local verbose = json_decode(body:getBytes(0, body:length()))
     if type(verbose) ~= "table" then return end
+    local missing = whole ~= "text" and uncovered(verbose)
+    if missing then
+      local out = error_body(502, "the backend's answer does not cover the whole audio ("
+        .. missing .. "); refused rather than return part of a transcript. "
+        .. "response_format=json or text carries the whole text", "response_format")
+      body:setBytes(out)
+      handle:headers():replace(":status", "502")
+      handle:headers():replace("content-type", "application/json")
+      handle:headers():replace("content-length", tostring(#out))
+      return
+    end
+    if meta.render == nil then return end  -- verbose_json, checked: passed on as it came
     local out = render(meta.render, verbose)
     body:setBytes(out)
     handle:headers():replace("content-type", RENDERED[meta.render])

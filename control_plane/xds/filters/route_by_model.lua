@@ -73,16 +73,23 @@ function envoy_on_request(handle)
   end
   local meta = handle:streamInfo():dynamicMetadata()
   meta:set(META, "stream_format", fmt)
-  -- text, srt and vtt are rendered here from the backend's verbose_json, so every
-  -- backend that answers verbose_json serves all five formats, identically.
+  -- text, srt and vtt are rendered here, so every backend that answers json and
+  -- verbose_json serves all five formats, identically. text needs no segments: it is
+  -- json's text (a backend's verbose_json may hold fewer segments than the audio: the
+  -- response side refuses those, and json still carries the whole text). srt, vtt and
+  -- verbose_json come from verbose_json, whose segments the response side checks.
   local rf, rf_at = nil, nil
   if fields.response_format then rf, rf_at = fields.response_format[1], fields.response_format[2] end
   local stream = fields.stream and fields.stream[1]
   local convert = stream == "true" and fmt ~= "backend"
-  if rf and RENDERED[rf] and stream ~= "true" then
+  if rf == "verbose_json" and stream ~= "true" then
     convert = true
+    meta:set(META, "check", "verbose_json")
+  elseif rf and RENDERED[rf] and stream ~= "true" then
+    convert = true
+    local ask = rf == "text" and "json" or "verbose_json"
     local len = body:length()
-    local new = body:getBytes(0, rf_at) .. "verbose_json"
+    local new = body:getBytes(0, rf_at) .. ask
       .. body:getBytes(rf_at + #rf, len - rf_at - #rf)
     body:setBytes(new)
     handle:headers():replace("content-length", tostring(#new))
