@@ -4,7 +4,7 @@ Two real tiny.en whisper_backend processes, each one worker of one thread: each 
 serial queue, like one GPU, and the two together fill this machine's 2 cores (Envoy,
 the control plane, the client and LiteLLM take their CPU from the same cores; that is
 part of what each arm costs here). One seeded schedule of 60 clips of 5 s and 6 of
-90 s (cut from tests/fixtures/long_en.ogg, bench/_clips.py) arrives open loop, as a
+90 s (cut from tests/fixtures/long_en.ogg, testkit/clips.py) arrives open loop, as a
 Poisson process: its span is set from the clips' service times measured at the start
 of the run, so the offered work is 80 % of the two workers' capacity on any machine.
 The same schedule is replayed, one arm after the other, through:
@@ -45,8 +45,8 @@ from typing import Any
 
 import aiohttp
 
-from bench._clips import clip_seconds, make_clip
 from bench._harness import target, write_result
+from testkit.clips import clip_seconds, make_clip
 from testkit.gateway import Gateway, gateway_config, start_gateway
 from testkit.procs import Proc, free_port, start_backend
 

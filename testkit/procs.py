@@ -6,6 +6,7 @@ Every process is started here and ended by its own pid, never by name.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -42,13 +43,21 @@ class Proc:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen[bytes] | None = None
+    #: A server of several processes (vLLM: API server, engine core, worker): started in
+    #: a process group of its own, and stopped as a group, so no child lives on.
+    group: bool = False
 
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.popen = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=self.group,
         )
         log.close()
         _STARTED.append(self)
@@ -66,21 +75,30 @@ class Proc:
         if self.alive():
             os.kill(self.pid, sig)
 
+    def _kill(self, sig: int) -> None:
+        if self.group:
+            os.killpg(self.pid, sig)  # the group's id is the leader's pid
+        else:
+            os.kill(self.pid, sig)
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen is None:
             return
-        if self.popen.poll() is None:
+        if self.popen.poll() is None or self.group:
             # A stopped (SIGSTOP) process must be continued to see SIGTERM.
             for sig in (signal.SIGCONT, signal.SIGTERM):
                 try:
-                    os.kill(self.pid, sig)
+                    self._kill(sig)
                 except ProcessLookupError:
                     break
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
+                self._kill(signal.SIGKILL)
                 self.popen.wait(5)
+            if self.group:  # children that outlived their leader
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
 
     def log_tail(self, n: int = 40) -> str:
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._harness import ROOT
+from testkit.procs import ROOT
 
 SOURCE = ROOT / "tests" / "fixtures" / "long_en.ogg"
 RATE = 16_000
