@@ -239,3 +239,20 @@ async def steady_load(
                 await traced_request(session, url, model, stream, deadline_s, trace=t)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def transcribe(
+    base_url: str, model: str, audio: bytes, timeout_s: float = 600, **fields: str
+) -> tuple[int, str, str]:
+    """One upload to /v1/audio/transcriptions with `fields` beside it: status, content
+    type and body, whatever they are."""
+    form = aiohttp.FormData()
+    form.add_field("file", audio, filename="audio.wav", content_type="audio/wav")
+    form.add_field("model", model)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s,
+        s.post(f"{base_url}/v1/audio/transcriptions", data=form) as r,
+    ):
+        return r.status, r.headers.get("content-type", ""), await r.text()

@@ -34,7 +34,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 _STARTED: list[Proc] = []
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two runs of one command are two processes
 class Proc:
     """A child process with its log file, stopped by pid."""
 
@@ -84,6 +84,8 @@ class Proc:
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen is None:
             return
+        if self in _STARTED:
+            _STARTED.remove(self)
         if self.popen.poll() is None or self.group:
             # A stopped (SIGSTOP) process must be continued to see SIGTERM.
             for sig in (signal.SIGCONT, signal.SIGTERM):

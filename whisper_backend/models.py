@@ -73,8 +73,9 @@ def verify_file(path: Path, spec: FileSpec) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Exclusive lock so two backends starting together never both write the same file."""
+def file_lock(lock_path: Path) -> Iterator[None]:
+    """Exclusive lock so two processes (backends starting together, exports, venv builds)
+    never both write the same files."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -123,7 +124,7 @@ def assemble(
     """Build dest_dir/model.bin from verified parts once; reuse it while it verifies."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / "model.bin"
-    with _locked(dest_dir / ".lock"):
+    with file_lock(dest_dir / ".lock"):
         for side in side_files:
             copy = dest_dir / side.name
             if not copy.exists() or copy.stat().st_size != side.stat().st_size:

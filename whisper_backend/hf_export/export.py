@@ -9,17 +9,14 @@ gets reused. Re-checking costs hashing ~150 MB, well under a second.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..models import KNOWN_MODELS, cache_root, file_digest, locate
+from ..models import KNOWN_MODELS, cache_root, file_digest, file_lock, locate
 from .convert import CONVERTER_VERSION, SIDE_FILES, VOCABULARY_FILES, write_folder
 
 STAMP_NAME = ".hf-export.json"
@@ -78,18 +75,6 @@ def is_valid(dest: Path, source: dict[str, str]) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Exclusive lock: two processes exporting the same model wait for one another."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -104,7 +89,7 @@ def export(src: Path, dest: Path) -> Path:
     source = source_digests(src)
     parent = dest.parent
     parent.mkdir(parents=True, exist_ok=True)
-    with _locked(parent / f".{dest.name}.lock"):
+    with file_lock(parent / f".{dest.name}.lock"):
         if is_valid(dest, source):
             return dest
         # Under the lock nobody else writes: leftovers of crashed runs can go.
