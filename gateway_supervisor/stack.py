@@ -1,7 +1,8 @@
 """`whisper-gateway` and `make up`: the whole gateway from one config, supervised.
 
-Starts a CPU whisper_backend for every backend marked `launch: cpu`, the
-control plane, and Envoy with a bootstrap derived from the same config, each
+Starts a CPU whisper_backend for every backend marked `launch: cpu`, real vLLM
+(whisper_backend.vllm_serve: its venv and converted model on first use) for every
+`launch: vllm`, the control plane, and Envoy with a bootstrap derived from the same config, each
 under the Supervisor: a child that dies is restarted while the others serve.
 The config comes from `--config FILE` or from the vLLM router's own flags;
 in that case it is written to the run folder and the control plane reads it
@@ -21,6 +22,7 @@ import aiohttp
 
 from control_plane.admin.exposure import exposure_warnings
 from control_plane.cli.options import Options, UsageError, parse
+from control_plane.config.advice import backend_warnings
 from control_plane.config.parse import dump_config
 from control_plane.config.schema import GatewayConfig
 from control_plane.xds.bootstrap import build_bootstrap, envoy_command
@@ -49,26 +51,35 @@ async def wait_http(
     return False
 
 
+# A first `launch: vllm` installs vLLM (about 2 minutes) and converts the model before
+# vLLM loads it (about a minute on 2 cores): docs/vllm.md.
+VLLM_READY_TIMEOUT_S = 900.0
+
+
 def backend_specs(config: GatewayConfig) -> list[ChildSpec]:
     specs = []
     for b in config.backends:
-        if b.launch != "cpu":
+        if b.launch is None:
             continue
-        argv = (
-            sys.executable,
-            "-m",
-            "whisper_backend",
-            "--model",
-            b.models[0],  # config refuses a launched backend with several models
-            "--host",
-            b.host,
-            "--port",
-            str(b.port),
-            "--num-workers",
-            str(min(b.max_concurrency, 2)),
-        )
+        model = b.models[0]  # config refuses a launched backend with several models
+        where = ("--host", b.host, "--port", str(b.port))
+        if b.launch == "vllm":
+            argv: tuple[str, ...] = (
+                sys.executable, "-m", "whisper_backend.vllm_serve", "--model", model, *where
+            )  # fmt: skip
+            specs.append(ChildSpec(f"vllm-{b.port}", argv, ready_timeout_s=VLLM_READY_TIMEOUT_S))
+            continue
+        workers = ("--num-workers", str(min(b.max_concurrency, 2)))
+        argv = (sys.executable, "-m", "whisper_backend", "--model", model, *where, *workers)
         specs.append(ChildSpec(f"backend-{b.port}", argv, {"HF_HUB_OFFLINE": "1"}))
     return specs
+
+
+async def wait_backend(sup: Supervisor, spec: ChildSpec) -> None:
+    """Say when a launched backend is not ready in time; not fatal, the others serve."""
+    port = spec.name.rsplit("-", 1)[1]
+    if not await wait_http(f"http://127.0.0.1:{port}/health", spec.ready_timeout_s, sup, spec.name):
+        say(f"{spec.name} is not ready; see {spec.name}.log", err=True)
 
 
 def control_plane_spec(opts: Options, config_path: Path) -> ChildSpec:
@@ -95,7 +106,7 @@ async def run(opts: Options, run_dir: Path) -> int:
         config_path = opts.config_path
     for note in opts.notes:
         say(note)
-    for warning in exposure_warnings(config):
+    for warning in exposure_warnings(config) + backend_warnings(config):
         say(warning, err=True)
     sup = Supervisor(run_dir)
     stop = asyncio.Event()
@@ -122,11 +133,7 @@ async def run(opts: Options, run_dir: Path) -> int:
         if not await wait_http(f"{envoy_admin}/ready", 60, sup, "envoy"):
             say("Envoy did not come up; see envoy.log", err=True)
             return 1
-        for spec in backends:
-            port = spec.name.split("-")[1]
-            if not await wait_http(f"http://127.0.0.1:{port}/health", 180, sup, spec.name):
-                # Not fatal: the gateway serves the other backends meanwhile.
-                say(f"{spec.name} is not ready; see {spec.name}.log", err=True)
+        await asyncio.gather(*(wait_backend(sup, spec) for spec in backends))
         lst = config.listener
         host = "127.0.0.1" if lst.address in ("0.0.0.0", "::") else lst.address
         scheme = "https" if config.tls else "http"

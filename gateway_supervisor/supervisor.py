@@ -6,7 +6,14 @@ BACKOFF_START_S up to BACKOFF_MAX_S and resets once the child has stayed up
 for STABLE_S. A child that exits CRASH_LOOP_EXITS times within
 CRASH_LOOP_WINDOW_S is reported as crash-looping on every further exit (and
 in supervisor.json), and still retried. Stopping goes in reverse start order:
-SIGTERM, a grace period, then SIGKILL, each child by its own pid.
+SIGTERM, a grace period, then SIGKILL.
+
+Each child leads a process group of its own, and the group is what gets stopped
+and reaped: a vLLM server is an API server with an engine core and a worker
+under it, and when the API server dies those two live on holding gigabytes, so
+a restart without reaping would double the memory. Before a restart, whatever
+the dead child left in its group is ended (SIGTERM, then SIGKILL); the group id
+is the child's own pid, which the kernel does not reuse while the group has members.
 
 Hand-written rather than supervisord or circus: the loop is ~100 lines of
 asyncio, needs no config language or daemon, and lives in the same event
@@ -32,6 +39,9 @@ STABLE_S = 30.0
 CRASH_LOOP_EXITS = 5
 CRASH_LOOP_WINDOW_S = 60.0
 STOP_GRACE_S = 15.0
+# What a dead child left in its group gets this long after SIGTERM (vLLM's engine core
+# exits within a second of its parent's death when it notices).
+REAP_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,9 @@ class ChildSpec:
     name: str
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    # How long `make up` waits for it to answer before saying it is not ready (it keeps
+    # starting meanwhile): a vLLM server loads for about a minute, after a first-use install.
+    ready_timeout_s: float = 180.0
 
 
 @dataclass
@@ -58,6 +71,47 @@ class Child:
 
 def say(message: str, err: bool = False) -> None:
     print(f"whisper-gateway: {message}", file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Signal every process in the group; False when the group has no member left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member changed user: it is not ours to end
+        return False
+    return True
+
+
+def _collect_zombies(pgid: int) -> None:
+    """Where we are PID 1 (a container), the group's orphans are our children: wait for them."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+async def reap_group(pgid: int, grace_s: float = REAP_GRACE_S) -> bool:
+    """End what is left of a process group: SIGTERM, up to grace_s, then SIGKILL.
+
+    True when something was left (the caller says so in the log)."""
+    if not signal_group(pgid, signal.SIGTERM):
+        return False
+    loop = asyncio.get_running_loop()
+    for sig_after, wait_s in ((signal.SIGKILL, grace_s), (None, grace_s)):
+        deadline = loop.time() + wait_s
+        while loop.time() < deadline:
+            _collect_zombies(pgid)
+            if not signal_group(pgid, 0):
+                return True
+            await asyncio.sleep(0.05)
+        if sig_after is not None:
+            signal_group(pgid, sig_after)
+    return True
 
 
 class Supervisor:
@@ -104,6 +158,7 @@ class Supervisor:
         while True:
             assert child.proc is not None
             started = self._clock()
+            pgid = child.proc.pid
             code = await child.proc.wait()
             if self._stopping:
                 return
@@ -125,6 +180,8 @@ class Supervisor:
             else:
                 say(f"{child.spec.name} exited with code {code}; restart in {delay:g} s", True)
             self._write_status()
+            if await reap_group(pgid):
+                say(f"{child.spec.name} left processes in its group {pgid}; ended them", True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff[1])
             if self._stopping:
@@ -153,15 +210,17 @@ class Supervisor:
         for c in children:
             if c.watcher is not None:
                 c.watcher.cancel()
-        running = [c.proc for c in reversed(children) if c.proc and c.proc.returncode is None]
-        for p in running:
-            p.send_signal(signal.SIGTERM)
-        for p in running:
+        procs = [c.proc for c in reversed(children) if c.proc is not None]
+        for p in procs:
+            if p.returncode is None:
+                signal_group(p.pid, signal.SIGTERM)
+        for p in procs:
             try:
                 await asyncio.wait_for(p.wait(), STOP_GRACE_S)
             except TimeoutError:
-                p.kill()
+                signal_group(p.pid, signal.SIGKILL)
                 await p.wait()
+            await reap_group(p.pid)  # what the leader left behind
         await asyncio.gather(
             *(c.watcher for c in children if c.watcher is not None), return_exceptions=True
         )

@@ -175,6 +175,10 @@ async def probe_model(
     text = payload.get("text") if isinstance(payload, dict) else None
     if not isinstance(text, str):
         return result(False, error=f"no string 'text' in body: {_snippet(body)!r}")
+    if not text.strip():
+        # The clip is speech: nothing heard is a broken model, not a quiet clip (stock
+        # vLLM 0.32 answers English-only models this way).
+        return result(False, error="the transcript came back empty for a clip of speech")
     if expected_word and not contains_word(text, expected_word):
         return result(False, error=f"expected word {expected_word!r} not in {text!r}", text=text)
     return result(True, text=text)

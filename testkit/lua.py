@@ -5,7 +5,8 @@ Three ways in, one fake of Envoy's API (headers, a body buffer that counts what 
 copies out, body chunks, dynamic metadata, a direct reply):
 
 - `request`: the request side (envoy_on_request) on one body; prints `REPLY status
-  content-type` and the body, or `PASS <model routed to> <route cache cleared>`;
+  content-type` and the body, or `PASS <model routed to> <route cache cleared>` and
+  the body as it goes upstream in `<body file>.out`;
 - `response`: the response side (envoy_on_response) on a backend's body cut into
   chunks; prints the body as the client gets it; metadata it sets goes to stderr as
   `SET namespace key value`, and the final status as `STATUS code`;
@@ -94,6 +95,9 @@ if mode == "request" then
   else
     local routed = meta.whisper_gateway and meta.whisper_gateway.model
     io.write("PASS ", tostring(routed), " ", tostring(cleared))
+    local f = assert(io.open(body_path .. ".out", "wb"))  -- the body as it goes upstream
+    f:write(data)
+    f:close()
   end
 
 elseif mode == "response" then

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from control_plane.admin.exposure import exposure_warnings
 from control_plane.cli.options import Options, emit
+from control_plane.config.advice import backend_warnings
 from control_plane.config.parse import dump_config
 from control_plane.config.schema import ConfigError
 from control_plane.ir.security import load_security
@@ -46,7 +47,7 @@ def run_tool(opts: Options) -> int | None:
     if opts.command == "check" or opts.dry_run:
         for note in opts.notes:
             print(f"# {note}", file=sys.stderr)
-        for warning in exposure_warnings(opts.config):
+        for warning in exposure_warnings(opts.config) + backend_warnings(opts.config):
             print(f"# WARNING {warning}", file=sys.stderr)
         tls = opts.config.tls
         if tls is not None and tls.self_signed and not Path(tls.cert_file).exists():

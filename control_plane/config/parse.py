@@ -196,10 +196,10 @@ def _backend(data: Any, path: str, health_defaults: HealthConfig) -> BackendConf
         health=_section(HealthConfig, d.get("health"), f"{path}.health", health_defaults),
         **scalar,
     )
-    if backend.launch == "cpu" and len(models) > 1:
+    if backend.launch is not None and len(models) > 1:
         raise ConfigError(
             f"{path}.launch",
-            "a launched whisper_backend serves one model: give each model its own backend "
+            "a launched server serves one model: give each model its own backend "
             "entry on its own port",
         )
     if backend.max_concurrency < len(models):

@@ -26,7 +26,7 @@ LOG_FORMATS = ("text", "json")
 BACKEND_TYPES = ("transcription",)
 
 
-LAUNCH_KINDS = ("cpu",)
+LAUNCH_KINDS = ("cpu", "vllm")
 
 
 #: The planes that may listen on a Unix socket (Envoy and operators dial them).
@@ -195,7 +195,8 @@ class BackendConfig:
     max_concurrency: int = _bound(4, 1)
     api_key_env: str | None = None
     health: HealthConfig = field(default_factory=HealthConfig)
-    launch: str | None = None  # "cpu": `make up` starts a whisper_backend for it
+    # `make up` starts the server: "cpu" a whisper_backend, "vllm" real vLLM (its own venv)
+    launch: str | None = None
 
     @property
     def host(self) -> str:

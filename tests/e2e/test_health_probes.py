@@ -54,7 +54,7 @@ FAST = HealthSettings(
 class FakeWhisper:
     """A fake transcription server whose behaviour (`mode`) can be switched mid-test.
 
-    Modes: ok, 500, 503, 429 (both "queue full" with Retry-After), garbage, no_text,
+    Modes: ok, 500, 503, 429 (both "queue full" with Retry-After), garbage, no_text, empty_text,
     hang, wrong_text, reset. `models` limits the models it serves (404 for others);
     `require_key` demands that bearer token.
 
@@ -137,6 +137,8 @@ class FakeWhisper:
             return web.Response(body=b"\x00\xffnot json at all", content_type="text/plain")
         if self.mode == "no_text":
             return web.json_response({"usage": {"seconds": 4}})
+        if self.mode == "empty_text":  # stock vLLM 0.32 on an English-only model
+            return web.json_response({"text": "", "usage": {"type": "duration", "seconds": 4}})
         if self.mode == "wrong_text":
             return web.json_response({"text": " Thank you for watching."})
         if self.mode == "hang":
@@ -352,7 +354,12 @@ async def test_probe_sends_bearer_key_and_language(
 
 @pytest.mark.parametrize(
     "mode,needle",
-    [("500", "HTTP 500"), ("garbage", "not JSON"), ("no_text", "no string 'text'")],
+    [
+        ("500", "HTTP 500"),
+        ("garbage", "not JSON"),
+        ("no_text", "no string 'text'"),
+        ("empty_text", "the transcript came back empty"),
+    ],
 )
 async def test_probe_bad_answers_are_soft_failures(
     session: aiohttp.ClientSession, fake_whisper: FakeFactory, clip: bytes, mode: str, needle: str

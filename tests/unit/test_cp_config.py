@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from control_plane.config.advice import backend_warnings
 from control_plane.config.parse import load_config, parse_config
 from control_plane.config.schema import DEFAULT_CONFIG, ConfigError, GatewayConfig, HostPort
 
@@ -243,7 +244,23 @@ def test_bad_backend_type_and_launch() -> None:
     doc["backends"][1]["launch"] = "gpu"
     err = refused(doc)
     assert err.field == "backends[1].launch"
-    assert "cpu" in str(err)
+    assert "cpu" in str(err) and "vllm" in str(err)
+
+
+def test_launch_vllm_serves_one_model_and_warns_on_english_only() -> None:
+    doc = base()
+    for b in doc["backends"]:
+        b["launch"] = "vllm"
+    cfg = parse_config(doc)
+    assert [b.launch for b in cfg.backends] == ["vllm", "vllm"]
+    warnings = backend_warnings(cfg)
+    assert len(warnings) == 1, "only the English-only model is warned about"
+    assert warnings[0].startswith("backends[0] (launch: vllm) serves openai/whisper-tiny.en")
+    assert backend_warnings(parse_config(base())) == [], "not launched: vLLM or not, unknown"
+    doc["backends"][1]["models"].append("openai/whisper-small")
+    doc["backends"][1]["max_concurrency"] = 4
+    err = refused(doc)
+    assert err.field == "backends[1].launch" and "serves one model" in str(err)
 
 
 def test_duplicate_backend_url() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import json
 import os
 import re
@@ -620,6 +622,46 @@ def test_rendered_lua_compiles(tmp_path: Path) -> None:
 def test_lua_routes_aiohttp_form(tmp_path: Path, fields_first: bool, model: str) -> None:
     body, ctype = aiohttp_form(fields_first, model, WAV + EVIL)
     assert run_lua(tmp_path, body, ctype) == f"PASS {model} true"
+
+
+def form_fields(body: bytes, boundary: str) -> dict[str, bytes]:
+    """Every part's name and value, read by the standard library's MIME parser."""
+    head = f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    out: dict[str, bytes] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        assert isinstance(name, str)
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        out[name] = payload
+    return out
+
+
+@needs_lua
+@pytest.mark.parametrize(
+    "extra,asked",
+    [
+        ([("stream", None, b"true")], True),  # openai events: usage asked for
+        ([("stream", None, b"true"), ("stream_include_usage", None, b"false")], False),
+        ([("stream", None, b"false")], False),
+        ([], False),
+    ],
+)
+def test_lua_asks_the_backend_for_usage_on_openai_streams(
+    tmp_path: Path, extra: list[tuple[str, str | None, bytes]], asked: bool
+) -> None:
+    boundary = "b0undary"
+    parts = [("model", None, TINY.encode()), *extra, ("file", "a.wav", WAV + EVIL)]
+    body = curl_form(boundary, parts)
+    assert run_lua(tmp_path, body, f"multipart/form-data; boundary={boundary}").startswith("PASS")
+    sent = (tmp_path / "body.bin.out").read_bytes()
+    fields = form_fields(sent, boundary)
+    want = {name: value for name, _, value in parts}
+    if asked:
+        want["stream_include_usage"] = b"true"
+    assert fields == want
+    assert (sent == body) == (not asked), "the body is untouched unless usage is asked for"
 
 
 @needs_lua

@@ -100,3 +100,40 @@ async def test_stop_ends_a_child_that_ignores_sigterm(
     await sup.stop()
     assert c.pid is not None and not alive(c.pid)
     assert c.starts == 1, "a stopping supervisor does not restart"
+
+
+# A parent that starts a grandchild in its own process group and prints its pid, as
+# vLLM's API server starts its engine core and worker.
+FAMILY = (
+    sys.executable,
+    "-c",
+    "import subprocess, sys, time\n"
+    "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])\n"
+    "print(g.pid, flush=True)\n"
+    "time.sleep(3600)\n",
+)
+
+
+def _grandchild(log: Path, nth: int) -> int:
+    pids = log.read_text().split() if log.exists() else []
+    return int(pids[nth]) if len(pids) > nth else 0
+
+
+async def test_a_killed_childs_group_is_reaped_before_the_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sup = Supervisor(tmp_path, backoff_start_s=0.05)
+    c = await sup.start(ChildSpec("family", FAMILY))
+    log = tmp_path / "family.log"
+    try:
+        await until(lambda: _grandchild(log, 0))
+        orphan, leader = _grandchild(log, 0), c.pid
+        assert leader is not None and os.getpgid(orphan) == leader
+        os.kill(leader, 9)  # the grandchild lives on, as vLLM's engine core does
+        await until(lambda: _grandchild(log, 1))
+        assert not alive(orphan), "the old group is gone before the new one starts"
+        assert alive(_grandchild(log, 1))
+        assert f"family left processes in its group {leader}; ended them" in capsys.readouterr().err
+    finally:
+        await sup.stop()
+    assert not alive(_grandchild(log, 1)), "stopping ends the whole group, not only its leader"

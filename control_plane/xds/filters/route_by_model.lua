@@ -29,7 +29,18 @@ local function reply(handle, status, message, param, kind)
 end
 
 -- The fields the gateway reads, with the most bytes each may hold.
-local WANTED = {model = 256, response_format = 64, stream = 16}
+local WANTED = {model = 256, response_format = 64, stream = 16, stream_include_usage = 16}
+
+-- The body with bytes [at, at + cut) replaced by `insert`; Content-Length follows.
+local function splice(handle, body, at, cut, insert)
+  local len = body:length()
+  local new = body:getBytes(0, at) .. insert .. body:getBytes(at + cut, len - at - cut)
+  body:setBytes(new)
+  handle:headers():replace("content-length", tostring(#new))
+  -- Up to three strings the size of the body: freed now, not at the collector's pace.
+  new = nil
+  if len > 1048576 then collectgarbage() end  -- small bodies: not worth a full collection
+end
 
 -- Routing reads only dynamic metadata (META.model, META.convert), which no client
 -- can set: if this script fails, no model route matches and the request ends
@@ -87,16 +98,16 @@ function envoy_on_request(handle)
     meta:set(META, "check", "verbose_json")
   elseif rf and RENDERED[rf] and stream ~= "true" then
     convert = true
-    local ask = rf == "text" and "json" or "verbose_json"
-    local len = body:length()
-    local new = body:getBytes(0, rf_at) .. ask
-      .. body:getBytes(rf_at + #rf, len - rf_at - #rf)
-    body:setBytes(new)
-    handle:headers():replace("content-length", tostring(#new))
-    -- Up to three strings the size of the body: freed now, not at the collector's pace.
-    new = nil
-    if len > 1048576 then collectgarbage() end  -- small bodies: not worth a full collection
+    splice(handle, body, rf_at, #rf, rf == "text" and "json" or "verbose_json")
     meta:set(META, "render", rf)
+  end
+  if stream == "true" and fmt == "openai" and not fields.stream_include_usage then
+    -- OpenAI's transcript.text.done carries usage; vLLM and whisper_backend send it
+    -- only when asked. The new part goes right after the `stream` value, before the
+    -- delimiter that ended it.
+    local at = fields.stream[2] + #stream
+    splice(handle, body, at, 0, "\r\n--" .. boundary
+      .. '\r\nContent-Disposition: form-data; name="stream_include_usage"\r\n\r\ntrue')
   end
   -- For the backend and the access log only; routing never reads it.
   handle:headers():replace(MODEL_HEADER, model)
