@@ -46,3 +46,18 @@ def make_clip(dest: Path, seconds: float, offset_s: float = 0.0) -> Path:
 def clip_seconds(path: Path) -> float:
     with wave.open(str(path), "rb") as w:
         return w.getnframes() / w.getframerate()
+
+
+def make_noise(dest: Path, seconds: float, rate: int = RATE, channels: int = 1) -> Path:
+    """Quiet noise as 16-bit WAV: a file of a chosen duration and size (48 kHz stereo
+    for size at a short duration) to meet a server's limits, never to transcribe."""
+    rng = np.random.default_rng(0)
+    second = rng.integers(-300, 300, size=rate * channels, dtype="<i2").tobytes()
+    whole, rest = divmod(int(seconds * rate) * channels * 2, len(second))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(dest), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(second * whole + second[:rest])
+    return dest

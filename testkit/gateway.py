@@ -70,8 +70,6 @@ class Gateway:
             "envoy",
             [
                 *envoy_command(parse_config(self.config), bootstrap, drain_time_s=2),
-                "--base-id",
-                str(free_port() % 60000),
                 *extra,
             ],
             self.workdir / "envoy.log",

@@ -236,7 +236,11 @@ def build_bootstrap(
 def envoy_command(
     config: GatewayConfig, bootstrap: Path, drain_time_s: float | None = None
 ) -> list[str]:
-    """Envoy's command line: the bootstrap file, drain time and worker count."""
+    """Envoy's command line: the bootstrap file, drain time and worker count.
+
+    A dynamic base id: Envoy's hot-restart socket is per base id, so with a fixed one a
+    second gateway on the same host (two `make up` stacks, or the router's line beside
+    one) could not start its Envoy. Restarts here are whole, never hot."""
     drain = config.limits.drain_time_s if drain_time_s is None else drain_time_s
     return [
         ENVOY,
@@ -248,4 +252,5 @@ def envoy_command(
         f"{drain:g}",
         "--concurrency",
         str(config.envoy_workers),
+        "--use-dynamic-base-id",
     ]

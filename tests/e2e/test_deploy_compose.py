@@ -29,8 +29,6 @@ In 3, this is the only rewriting, all of it mechanical:
   compose/.env, as `docker compose` does (nothing is taken from this shell);
 - programs: `python` -> this venv's python, `whisper-backend` -> the venv's
   whisper-backend, `envoy` -> control_plane.xds.bootstrap.ENVOY (`bash` stays bash);
-- Envoy also gets `--base-id N`: its hot-restart shared memory is per container under
-  Docker but per machine here.
 Host names of services outside the cpu profile (vllm-small) are left as they are: they
 do not resolve, as under `docker compose up` without `--profile gpu`.
 """
@@ -561,8 +559,6 @@ def local_argv(name: str, svc: dict[str, Any], net: Net, paths: dict[str, Path])
         else:
             target = next((t for t in paths if arg == t or arg.startswith(t + "/")), None)
             out.append(arg if target is None else str(paths[target]) + arg[len(target) :])
-    if argv[0] == "envoy":
-        out += ["--base-id", str(free_port() % 60000)]
     return out
 
 

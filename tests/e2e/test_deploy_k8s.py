@@ -38,8 +38,6 @@ In 3, this is the only rewriting, all of it mechanical:
   empty), in argv, env and the config's api_keys.file;
 - programs: `python` -> this venv's python, `whisper-backend` -> the venv's
   whisper-backend, `envoy` -> control_plane.xds.bootstrap.ENVOY (`/bin/bash` stays);
-- Envoy also gets `--base-id N`: its hot-restart shared memory is per pod in
-  Kubernetes but per machine here.
 """
 
 from __future__ import annotations
@@ -680,8 +678,6 @@ class Pod:
         out = [head]
         for prev, arg in itertools.pairwise(argv):
             out.append(self.flag_rewrites.get(prev, self.local(c, arg)))
-        if argv[0] == "envoy":
-            out += ["--base-id", str(free_port() % 60000)]
         return out
 
     def proc(self, c: Obj, name: str) -> Proc:

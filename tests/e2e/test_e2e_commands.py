@@ -24,60 +24,9 @@ import yaml
 
 from control_plane.config.schema import DEFAULT_CONFIG
 from testkit.procs import ROOT, free_port, start_backend
+from testkit.stack import WHISPER_GATEWAY, Tree, curl
 
-WHISPER_GATEWAY = str(ROOT / ".venv" / "bin" / "whisper-gateway")
 HELLO = ROOT / "tests" / "fixtures" / "hello.wav"
-
-
-class Tree:
-    """A command started in its own process group, read line by line."""
-
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self.log = log
-        self.out = log.open("wb")
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, needle: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.text()
-            if needle in text:
-                return text
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"{needle!r} not seen:\n{self.text()[-3000:]}")
-
-    def run_dir(self) -> Path:
-        m = re.search(r"starting; logs in (\S+)", self.text())
-        assert m, self.text()
-        return Path(m.group(1))
-
-    def children(self) -> dict[str, Any]:
-        return dict(json.loads((self.run_dir() / "supervisor.json").read_text()))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.out.close()
-
-
-def curl(*args: str) -> tuple[int, str]:
-    proc = subprocess.run(
-        ["curl", "-sS", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=60
-    )
-    body, _, code = proc.stdout.rpartition("\n")
-    return int(code or 0), body
 
 
 def transcribe(url: str, model: str, *extra: str) -> tuple[int, str]:

@@ -134,7 +134,7 @@ def test_records_change_added_get_traffic_removed_drain(ns: str, tmp_path: Path)
             in_ns(ns, "control-plane", [PYTHON, "-m", "control_plane", "--config",
                                         str(tmp_path / "gateway.yaml")], tmp_path)
         )  # fmt: skip
-        envoy = [*envoy_command(cfg, bootstrap, drain_time_s=1), "--base-id", str(free_port())]
+        envoy = envoy_command(cfg, bootstrap, drain_time_s=1)
         procs.append(in_ns(ns, "envoy", envoy, tmp_path))
         admin, url = "http://127.0.0.1:19000", "http://127.0.0.1:8000"
 

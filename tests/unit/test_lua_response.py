@@ -184,6 +184,26 @@ def test_errors_are_not_rendered(tmp_path: Path) -> None:
     assert out == "application/json\n" + err.decode()
 
 
+# vLLM 0.32's answer to an upload over VLLM_MAX_AUDIO_CLIP_FILESIZE_MB (docs/vllm.md).
+VLLM_TOO_LARGE = (
+    b'{"error":{"message":"Maximum file size exceeded (parameter=audio_filesize_mb, '
+    b'value=25.634807586669922)","type":"BadRequestError","param":"audio_filesize_mb",'
+    b'"code":400}}'
+)
+
+
+def test_vllms_size_refusal_becomes_openais_413(tmp_path: Path) -> None:
+    out = run(tmp_path, [VLLM_TOO_LARGE], {"stream_format": "openai"},
+              ctype="application/json", status="400")  # fmt: skip
+    ctype, _, body = out.partition("\n")
+    assert status_of(tmp_path) == "413" and ctype == "application/json"
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["code"] == 413 and err["param"] == "file"
+    assert err["type"] == "invalid_request_error"
+    assert "value=25.63" in err["message"] and "VLLM_MAX_AUDIO_CLIP_FILESIZE_MB" in err["message"]
+
+
 def status_of(tmp_path: Path) -> str:
     """The response status after the filter (the harness writes it to stderr)."""
     lines = (tmp_path / "stderr").read_text().splitlines()

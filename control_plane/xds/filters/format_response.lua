@@ -169,9 +169,28 @@ local function uncovered(verbose)
   return nil
 end
 
-local function error_body(status, message, param)
-  return '{"error":{"message":' .. json_string(message) .. ',"type":"server_error","param":'
+local function error_body(status, message, param, kind)
+  return '{"error":{"message":' .. json_string(message) .. ',"type":"'
+    .. (kind or "server_error") .. '","param":'
     .. (param and json_string(param) or "null") .. ',"code":' .. status .. '}}'
+end
+
+local function replace_body(handle, body, status, out)
+  body:setBytes(out)
+  handle:headers():replace(":status", status)
+  handle:headers():replace("content-type", "application/json")
+  handle:headers():replace("content-length", tostring(#out))
+end
+
+-- vLLM refuses an upload over its size limit with a 400 whose param is
+-- audio_filesize_mb; the client gets OpenAI's status for that, 413, and the setting.
+local function too_large(raw)
+  local e = json_decode(raw)
+  e = type(e) == "table" and e.error
+  if type(e) ~= "table" or e.param ~= "audio_filesize_mb" then return nil end
+  return error_body(413, "the audio file is larger than the backend accepts ("
+    .. tostring(e.message) .. "); vLLM's limit is VLLM_MAX_AUDIO_CLIP_FILESIZE_MB "
+    .. "(25 MB by default)", "file", "invalid_request_error")
 end
 
 -- ---------------------------------------------------------------- streams
@@ -223,6 +242,12 @@ function envoy_on_response(handle)
   local headers = handle:headers()
   local ctype = headers:get("content-type") or ""
   local status = headers:get(":status")
+  if status == "400" and ctype:find("application/json", 1, true) then
+    local body = handle:body()
+    local out = too_large(body:getBytes(0, body:length()))
+    if out then replace_body(handle, body, "413", out) end
+    return
+  end
   local whole = meta.render or meta.check
   if whole and status == "200" and ctype:find("application/json", 1, true) then
     local body = handle:body()
@@ -233,10 +258,7 @@ function envoy_on_response(handle)
       local out = error_body(502, "the backend's answer does not cover the whole audio ("
         .. missing .. "); refused rather than return part of a transcript. "
         .. "response_format=json or text carries the whole text", "response_format")
-      body:setBytes(out)
-      handle:headers():replace(":status", "502")
-      handle:headers():replace("content-type", "application/json")
-      handle:headers():replace("content-length", tostring(#out))
+      replace_body(handle, body, "502", out)
       return
     end
     if meta.render == nil then return end  -- verbose_json, checked: passed on as it came

@@ -18,6 +18,9 @@ local CLIENT_MODELS = {
 --CLIENT_MODELS--
 }
 local STREAM_FORMATS = {openai = true, backend = true, text = true}
+-- vLLM's default upload limit (VLLM_MAX_AUDIO_CLIP_FILESIZE_MB, in MiB): a larger body
+-- takes the response filter, which turns vLLM's 400 for it into OpenAI's 413.
+local VLLM_MAX_BYTES = 25 * 1048576
 local RENDERED = {text = true, srt = true, vtt = true}
 
 local function reply(handle, status, message, param, kind)
@@ -109,6 +112,7 @@ function envoy_on_request(handle)
     splice(handle, body, at, 0, "\r\n--" .. boundary
       .. '\r\nContent-Disposition: form-data; name="stream_include_usage"\r\n\r\ntrue')
   end
+  if body:length() > VLLM_MAX_BYTES then convert = true end
   -- For the backend and the access log only; routing never reads it.
   handle:headers():replace(MODEL_HEADER, model)
   meta:set(META, "model", model)
