@@ -1,11 +1,9 @@
 """Real vLLM (0.32, whisper-base converted from the packaged weights) behind the gateway,
-started as users start it: `whisper-gateway --config` with a `launch: vllm` backend beside
-a `launch: cpu` one, both serving openai/whisper-base.
+started as users start it (testkit.vllm: `whisper-gateway --config` with a `launch: vllm`
+backend beside a `launch: cpu` one, both serving openai/whisper-base).
 
-One vLLM for the whole module (it holds about 4.3 GB and loads for a minute). The CPU
-backend is drained while vLLM's own behaviour is under test, so every request meets vLLM;
-it takes the traffic when vLLM is killed. The stand-in (`whisper_backend --api-flavor
-vllm`) is compared with the same vLLM at the end (the conformance test).
+The CPU backend stays drained while vLLM's own behaviour is under test, so every request
+meets vLLM; it takes the traffic when vLLM is killed (the last test).
 """
 
 from __future__ import annotations
@@ -28,98 +26,15 @@ import pytest
 
 from testkit import load
 from testkit.clips import clip_seconds, make_clip, make_noise
-from testkit.gateway import Gateway, gateway_config
 from testkit.load import run_load
 from testkit.procs import ROOT, free_port
 from testkit.stack import WHISPER_GATEWAY, Tree, curl
-from testkit.vllm import BASE
+from testkit.vllm import BASE, READY_S, VllmStack, wait_until
 
 # The first run on a machine builds vLLM's venv (about 2 min) before vLLM loads (1 min).
 pytestmark = pytest.mark.timeout(1500)
-READY_S = 900.0
 WINDOW_S = 30.0
 HELLO = ROOT / "tests" / "fixtures" / "hello.wav"
-
-
-@dataclass
-class Stack:
-    tree: Tree
-    gw: Gateway
-    vllm_port: int
-    cpu_port: int
-
-    @property
-    def vllm(self) -> str:
-        return f"127.0.0.1:{self.vllm_port}"
-
-    @property
-    def cpu(self) -> str:
-        return f"127.0.0.1:{self.cpu_port}"
-
-    def vllm_child(self) -> dict[str, Any]:
-        return dict(self.tree.children()[f"vllm-{self.vllm_port}"])
-
-    def health(self, key: str) -> str:
-        return str(next(b["health"] for b in self.gw.backends() if b["endpoint"] == key))
-
-    def admin(self, action: str, key: str) -> None:
-        req = urllib.request.Request(f"{self.gw.admin_url}/backends/{key}/{action}", b"")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert r.status == 200
-        self.gw.wait_synced()
-
-
-def wait_until(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    d = tmp_path_factory.mktemp("vllm-stack")
-    vport, cport = free_port(), free_port()
-    cfg = gateway_config(
-        [
-            {
-                "url": f"http://127.0.0.1:{vport}",
-                "models": [BASE],
-                "max_concurrency": 4,
-                "launch": "vllm",
-            },
-            {
-                "url": f"http://127.0.0.1:{cport}",
-                "models": [BASE],
-                "max_concurrency": 2,
-                "launch": "cpu",
-            },
-        ],
-        # Probes decode real speech on the same two cores: spaced out, with room to answer.
-        health={
-            "interval_s": 5.0,
-            "timeout_s": 30.0,
-            "healthy_threshold": 1,
-            "unhealthy_threshold": 2,
-        },
-        # Above vLLM's own 25 MB, so its refusal is what the client meets.
-        limits={"max_upload_mb": 30},
-        public_router_endpoints=True,
-    )
-    gw = Gateway(d, cfg)
-    gw.write_config()
-    run = d / "run"
-    tree = Tree(
-        [WHISPER_GATEWAY, "--config", str(gw.config_path), "--run-dir", str(run)], d / "out.log"
-    )
-    s = Stack(tree, gw, vport, cport)
-    try:
-        tree.wait_for("whisper-gateway is up", READY_S)
-        gw.wait_backends({s.vllm, s.cpu}, timeout=READY_S)
-        s.admin("drain", s.cpu)
-        yield s
-    finally:
-        tree.stop()
 
 
 def curl_transcribe(
@@ -138,7 +53,7 @@ def sse(body: str) -> list[str]:
 # ---------------------------------------------------------------- the tutorial's requests
 
 
-def test_requests_reach_vllm_and_the_json_is_whole(stack: Stack) -> None:
+def test_requests_reach_vllm_and_the_json_is_whole(stack: VllmStack) -> None:
     status, ctype, body = asyncio.run(
         load.transcribe(stack.gw.url, BASE, HELLO.read_bytes(), response_format="json")
     )
@@ -150,7 +65,7 @@ def test_requests_reach_vllm_and_the_json_is_whole(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["openai", "backend", "text"])
-def test_streams_in_each_format(stack: Stack, fmt: str) -> None:
+def test_streams_in_each_format(stack: VllmStack, fmt: str) -> None:
     opts = ("-N", "-H", f"x-stream-format: {fmt}")
     status, body = curl_transcribe(stack.gw.url, "stream=true", opts=opts)
     assert status == 200, body
@@ -180,7 +95,7 @@ def test_streams_in_each_format(stack: Stack, fmt: str) -> None:
         ("verbose_json", "application/json", '"segments"'),
     ],
 )
-def test_every_response_format(stack: Stack, fmt: str, ctype: str, marker: str) -> None:
+def test_every_response_format(stack: VllmStack, fmt: str, ctype: str, marker: str) -> None:
     status, got, body = asyncio.run(
         load.transcribe(stack.gw.url, BASE, HELLO.read_bytes(), response_format=fmt)
     )
@@ -201,7 +116,7 @@ def test_every_response_format(stack: Stack, fmt: str, ctype: str, marker: str) 
     ],
 )
 @pytest.mark.parametrize("path", ["transcriptions", "translations"])
-def test_options_reach_vllm_as_sent(stack: Stack, path: str, fields: tuple[str, ...]) -> None:
+def test_options_reach_vllm_as_sent(stack: VllmStack, path: str, fields: tuple[str, ...]) -> None:
     """What vLLM makes of each option is its own business (a prompt may shorten
     whisper-base's answer); through the gateway it must be what vLLM answers directly."""
     if path == "translations" and "language=en" in fields:
@@ -217,7 +132,7 @@ def test_options_reach_vllm_as_sent(stack: Stack, path: str, fields: tuple[str, 
         assert got["text"] == want["text"] and got["text"].strip(), (got, want)
 
 
-def test_openai_sdk_sync_and_async(stack: Stack) -> None:
+def test_openai_sdk_sync_and_async(stack: VllmStack) -> None:
     client = openai.OpenAI(base_url=f"{stack.gw.url}/v1", api_key="unused", max_retries=0)
     with HELLO.open("rb") as f:
         whole = client.audio.transcriptions.create(model=BASE, file=f)
@@ -253,7 +168,7 @@ def error_of(status: int, body: str) -> dict[str, Any]:
     return dict(err)
 
 
-def test_vllms_limits_reach_the_client_in_openais_shape(stack: Stack, tmp_path: Path) -> None:
+def test_vllms_limits_reach_the_client_in_openais_shape(stack: VllmStack, tmp_path: Path) -> None:
     big = make_noise(tmp_path / "26mb.wav", seconds=140, rate=48000, channels=2)
     assert big.stat().st_size > 25 * 1024 * 1024
     status, _, body = asyncio.run(load.transcribe(stack.gw.url, BASE, big.read_bytes()))
@@ -285,7 +200,7 @@ def _seconds(stamp: str) -> float:
 
 
 def test_json_and_text_of_long_audio_carry_the_whole_text(
-    stack: Stack, long_clip: tuple[bytes, float]
+    stack: VllmStack, long_clip: tuple[bytes, float]
 ) -> None:
     clip, _ = long_clip
     status, ctype, body = asyncio.run(
@@ -303,7 +218,7 @@ def test_json_and_text_of_long_audio_carry_the_whole_text(
 
 @pytest.mark.parametrize("fmt", ["srt", "vtt", "verbose_json"])
 def test_segments_cover_long_audio_or_the_answer_says_so(
-    stack: Stack, long_clip: tuple[bytes, float], fmt: str
+    stack: VllmStack, long_clip: tuple[bytes, float], fmt: str
 ) -> None:
     clip, duration = long_clip
     status, ctype, body = asyncio.run(
@@ -327,7 +242,7 @@ def test_segments_cover_long_audio_or_the_answer_says_so(
 
 
 def test_metrics_carry_vllms_own_running_count(
-    stack: Stack, long_clip: tuple[bytes, float]
+    stack: VllmStack, long_clip: tuple[bytes, float]
 ) -> None:
     """vLLM labels its series with `engine` and adds `_by_reason`; the gateway's engine
     reading sums the first and ignores the second."""
@@ -359,7 +274,7 @@ def test_metrics_carry_vllms_own_running_count(
 # ---------------------------------------------------------------- the router's line
 
 
-def test_the_routers_command_line_in_front_of_real_vllm(stack: Stack, tmp_path: Path) -> None:
+def test_the_routers_command_line_in_front_of_real_vllm(stack: VllmStack, tmp_path: Path) -> None:
     port = str(free_port())
     line = [
         WHISPER_GATEWAY,
@@ -388,7 +303,7 @@ def group_members(pgid: int) -> list[int]:
 
 
 def test_a_killed_vllm_loses_no_request_and_is_reaped_restarted_readmitted(
-    stack: Stack,
+    stack: VllmStack,
 ) -> None:
     stack.admin("undrain", stack.cpu)
     stack.gw.wait_backends({stack.cpu}, timeout=60)
