@@ -17,6 +17,7 @@ from backend_fixtures import backend_logs, base_url, tiny_url
 
 from testkit.gateway import Gateway, gateway_config, start_gateway
 from testkit.procs import free_port, start_backend, start_fake, stop_all
+from testkit.vllm import VllmStack, vllm_stack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,6 +34,13 @@ def _nothing_outlives_the_run() -> Iterator[None]:
     fixture failed half way (testkit.procs.stop_all)."""
     yield
     stop_all()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmStack]:
+    """Real vLLM behind the gateway (testkit.vllm), one per run: it holds 4.3 GB."""
+    with vllm_stack(tmp_path_factory.mktemp("vllm-stack")) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
