@@ -20,7 +20,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BENCH_RESULTS", ROOT / "bench" / "results"))
 #: Every scenario (its module bench.<name> and its results file <name>.json), in the
-#: order `make bench` runs them: issue 11's seven, then the older crash and push benches.
+#: order `make bench` runs them: issue 11's seven, then the older crash and push benches,
+#: then issue 17's real-vLLM bench.
 SCENARIOS = (
     "backend_rtf",
     "throughput",
@@ -31,6 +32,7 @@ SCENARIOS = (
     "cp_scale",
     "crash",
     "reconciler_push",
+    "vllm_real",
 )
 
 

@@ -38,6 +38,7 @@ TITLES = {
     "backend_rtf": "7. CPU backend real-time factor",
     "crash": "Backend crash under load",
     "reconciler_push": "Reconciler debounce",
+    "vllm_real": "10. Real vLLM: RTF, failover, mixed fleet, load signals",
 }
 PATH_STYLE = {"direct": ("k", "o"), "gateway": ("C0", "s"), "litellm": ("C3", "^")}
 
