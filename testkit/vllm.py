@@ -72,9 +72,10 @@ def vllm_stack(workdir: Path) -> Iterator[VllmStack]:
             {**backend, "url": f"http://127.0.0.1:{vport}", "max_concurrency": 4, "launch": "vllm"},
             {**backend, "url": f"http://127.0.0.1:{cport}", "max_concurrency": 2, "launch": "cpu"},
         ],
-        # Probes decode real speech on the same two cores: spaced out, with room to answer.
+        # Probes decode real speech on the same two cores: spaced out, with room to answer
+        # (a refused connection still ejects at once, and requests retry elsewhere).
         health={
-            "interval_s": 5.0,
+            "interval_s": 10.0,
             "timeout_s": 30.0,
             "healthy_threshold": 1,
             "unhealthy_threshold": 2,

@@ -94,7 +94,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, fleet: dict[str, Any]) -> 
             "health": no_probe,
         }
     )
-    cfg = gateway_config(backends)
+    # It lives for the rest of the run once a test asks for it, and every probe is a real
+    # transcription on the same two cores: every 5 s, not testkit's 1 s (no test here
+    # waits for a verdict to change).
+    cfg = gateway_config(backends, health={**gateway_config([])["health"], "interval_s": 5.0})
     gw = start_gateway(tmp_path_factory.mktemp("gateway"), cfg)
     healthy = {u.removeprefix("http://") for u in fleet["tiny"] + fleet["base"]}
     gw.wait_backends(healthy)
