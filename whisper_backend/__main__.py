@@ -47,8 +47,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--api-flavor",
         choices=("ours", "vllm"),
         default="ours",
-        help="ours: this server's API (subtitles, text/plain, ...); vllm: answer exactly as "
-        "`vllm serve` (0.33) does, for testing against vLLM's behaviour",
+        help="ours: this server's API (subtitles, text/plain, ...); vllm: answer as "
+        "`vllm serve` does (checked against vLLM 0.32.0), for testing against vLLM's behaviour",
+    )
+    p.add_argument(
+        "--stream-per-token",
+        action="store_true",
+        help="vllm flavor: one stream delta per token, as vLLM sends (default: one per "
+        "segment; the tokens of a segment still leave together once it is decoded)",
     )
     p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (like vLLM's flag)")
     p.add_argument("--ssl-keyfile", help="the certificate's private key")
@@ -79,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         shutdown_grace=max(0.0, args.shutdown_grace),
         api_key=args.api_key or None,
         api_flavor=args.api_flavor,
+        stream_per_token=args.stream_per_token,
         engine=EngineConfig(
             num_workers=workers,
             cpu_threads=threads,

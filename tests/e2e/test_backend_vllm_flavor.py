@@ -1,12 +1,14 @@
-"""`whisper_backend --api-flavor vllm` on the real tiny.en model answers as vLLM 0.33 does.
+"""`whisper_backend --api-flavor vllm` on the real tiny.en model answers as vLLM does.
 
-Each expectation comes from vLLM's source (docs/backend.md, "The vLLM flavor"); `ours`
+Each expectation comes from vLLM's source or from a running vLLM 0.32.0 (docs/backend.md,
+"The vLLM flavor"; tests/e2e/test_vllm_stand_in.py compares the two directly); `ours`
 (the default) must keep its own answers (subtitles, text/plain).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import re
@@ -18,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from testkit.backend_client import metric, read_metrics
 from testkit.procs import FIXTURES, start_backend
 from whisper_backend import vllm_flavor
 from whisper_backend.engine import Segment
@@ -54,6 +57,13 @@ SEGMENT_KEYS = [
 @pytest.fixture(scope="module")
 def vllm_url(backend_logs: Path) -> Iterator[str]:
     proc, port = start_backend(backend_logs, extra=VLLM, env=ENV)
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def per_token_url(backend_logs: Path) -> Iterator[str]:
+    proc, port = start_backend(backend_logs, extra=(*VLLM, "--stream-per-token"), env=ENV)
     yield f"http://127.0.0.1:{port}"
     proc.stop()
 
@@ -319,8 +329,11 @@ async def test_bad_field_types_are_listed(vllm_url: str) -> None:
     )
     err = error_of(status, headers, body, 400)
     assert (err["type"], err["param"]) == ("Bad Request", "body.response_format")
-    assert err["message"].startswith("2 validation errors:\n")
-    assert "'literal_error'" in err["message"] and "'float_parsing'" in err["message"]
+    # vLLM: one error per member of `AudioResponseFormat | Literal["diarized_json"]`, then
+    # the temperature's (its exact text is compared with vLLM's in test_vllm_stand_in.py).
+    assert err["message"].startswith("3 validation errors:\n")
+    assert err["message"].count("'literal_error'") == 2 and "'float_parsing'" in err["message"]
+    assert "'msg': \"Input should be 'diarized_json'\"" in err["message"]
 
 
 async def test_unknown_model_is_404(vllm_url: str) -> None:
@@ -396,9 +409,13 @@ async def test_health_models_version(vllm_url: str) -> None:
     status, headers, body = await get(vllm_url, "/health")
     assert (status, body) == (200, b"")
     assert headers.get("Content-Length") == "0"
+    assert headers.get("Vary") == "Origin"  # every vLLM answer (its CORS middleware)
+    for method in ("GET", "POST"):
+        status, headers, body = await get(vllm_url, "/ping", method)
+        assert (status, body, headers.get("Content-Length")) == (200, b"", "0")
     status, headers, body = await get(vllm_url, "/version")
     assert status == 200 and headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"version": "0.33.0"}
+    assert json.loads(body) == {"version": "0.32.0"}  # the vLLM the stand-in was checked against
     status, _, body = await get(vllm_url, "/v1/models")
     data = json.loads(body)
     assert status == 200 and list(data) == ["object", "data"] and data["object"] == "list"
@@ -418,6 +435,72 @@ async def test_health_models_version(vllm_url: str) -> None:
     (perm,) = card["permission"]
     assert re.fullmatch(r"modelperm-[0-9a-f]{16}", perm["id"])
     assert perm["object"] == "model_permission" and perm["organization"] == "*"
+
+
+async def test_load_counts_requests_in_flight(vllm_url: str) -> None:
+    async def load() -> Any:
+        status, headers, body = await get(vllm_url, "/load")
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        return json.loads(body)
+
+    async def settled() -> None:
+        """A request leaves the count just after its last byte: wait for an earlier one
+        to leave (the bound only ends a hang)."""
+        for _ in range(600):
+            if await load() == {"server_load": 0}:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"/load never went back to 0: {await load()}")
+
+    await settled()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(vllm_url + TRANSCRIBE, data=form(LONG, stream="true")) as r,
+    ):
+        await r.content.readuntil(b"\n\n")  # the stream has begun
+        assert await load() == {"server_load": 1}
+        assert (await r.read()).endswith(b"data: [DONE]\n\n")
+    await settled()
+
+
+async def test_metrics_have_vllms_labels(vllm_url: str) -> None:
+    status, headers, _ = await get(vllm_url, "/metrics")
+    assert status == 200 and headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
+    text = await asyncio.to_thread(read_metrics, vllm_url)
+    labels = {"engine": "0", "model_name": TINY}
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+        assert re.search(rf'^{name}{{engine="0",model_name="{TINY}"}} ', text, re.M), name
+    for reason in ("capacity", "deferred"):
+        series = f'engine="0",model_name="{TINY}",reason="{reason}"'
+        assert f"vllm:num_requests_waiting_by_reason{{{series}}}" in text, reason
+    assert metric(text, "vllm:num_requests_waiting_by_reason", **labels) == metric(
+        text, "vllm:num_requests_waiting", **labels
+    )
+    for reason in ("stop", "length", "abort", "error", "repetition"):
+        assert f'finished_reason="{reason}"' in text, reason
+
+
+async def test_per_token_stream(per_token_url: str) -> None:
+    """--stream-per-token: a delta per token, as vLLM sends; the text is the same."""
+    events = await stream(
+        per_token_url,
+        ("stream_include_usage", "true"),
+        ("stream_continuous_usage_stats", "true"),
+    )
+    chunks = [json.loads(e) for e in events[:-1]]
+    *deltas, final = chunks
+    texts = [
+        c["choices"][0]["delta"]["content"]
+        for c in deltas
+        if "finish_reason" not in c["choices"][0]
+    ]
+    text = "".join(texts)
+    assert len(texts) >= len(text.split()) > 100  # at least a delta per word
+    done = [c["usage"]["completion_tokens"] for c in chunks]
+    assert all(b > a for a, b in itertools.pairwise(done[:-1]))  # each delta took tokens
+    assert final["usage"]["completion_tokens"] == done[-2]
+    status, _, body = await post(per_token_url, form(LONG))
+    assert status == 200 and json.loads(body)["text"] == text
 
 
 # --- API key, queue, upload limit, startup --------------------------------------------------

@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import FormData
-from aiohttp.test_utils import TestClient, TestServer
 
-from whisper_backend import models
+from whisper_backend import models, vllm_flavor
 from whisper_backend.__main__ import config_from_args, parse_args
 from whisper_backend.engine import EngineConfig, Segment, Word
 from whisper_backend.errors import ApiError
@@ -30,7 +28,7 @@ from whisper_backend.formats import (
     usage_seconds,
     vtt_time,
 )
-from whisper_backend.server import STATE, ServerConfig, create_app
+from whisper_backend.metrics import Metrics
 
 LANGS = frozenset({"en", "fr", "de"})
 
@@ -270,4 +268,77 @@ def test_cli_defaults() -> None:
     assert cfg.max_file_bytes == 25 * 1024 * 1024 and cfg.max_audio_seconds == 600.0
 
 
-# --- mid-stream failure (fake model, named as such) ----------------------------------
+def test_cli_stream_per_token() -> None:
+    assert not config_from_args(parse_args(["--api-flavor", "vllm"])).stream_per_token
+    args = ["--api-flavor", "vllm", "--stream-per-token"]
+    assert config_from_args(parse_args(args)).stream_per_token
+
+
+# --- the vLLM flavor ----------------------------------------------------------------
+
+
+def test_unknown_format_is_one_error_per_union_member() -> None:
+    """vLLM's transcription `response_format` is `AudioResponseFormat |
+    Literal["diarized_json"]`: pydantic reports both members, with the text vLLM 0.32.0 sent."""
+    form = RawForm(b"RIFF", "a.wav", False, {"response_format": "xml"}, {})
+    with pytest.raises(ApiError) as e:
+        vllm_flavor.validate(form, "m", "transcribe", True, lambda: None)
+    assert (e.value.status, e.value.param, e.value.err_type) == (
+        400,
+        "body.response_format",
+        "Bad Request",
+    )
+    assert e.value.message == (
+        "2 validation errors:\n"
+        "  {'type': 'literal_error', 'loc': 'body.response_format', 'msg': \"Input should be "
+        "'json', 'text', 'srt', 'verbose_json' or 'vtt'\", 'input': 'xml', 'ctx': {'expected': "
+        "\"'json', 'text', 'srt', 'verbose_json' or 'vtt'\"}}\n"
+        "  {'type': 'literal_error', 'loc': 'body.response_format', 'msg': \"Input should be "
+        "'diarized_json'\", 'input': 'xml', 'ctx': {'expected': \"'diarized_json'\"}}"
+    )
+    with pytest.raises(ApiError) as e:  # translations: one member, one error
+        vllm_flavor.validate(form, "m", "translate", True, lambda: None)
+    assert e.value.message.startswith("1 validation error:\n")
+    assert "diarized_json" not in e.value.message
+
+
+# Token ids of a made-up tokenizer: "é" is two bytes, split over tokens 3 and 4.
+PIECES = {1: b" caf", 2: b"e", 3: b" \xc3", 4: b"\xa9t", 5: b"\xc3\xa9"}
+
+
+def detokenize(ids: Any) -> str:
+    return b"".join(PIECES[i] for i in ids).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("tokens", "want"),
+    [
+        ((1, 2), [(" caf", 1), ("e", 1)]),
+        ((1, 3, 4), [(" caf", 1), (" ét", 2)]),  # a half character waits for its rest
+        ((1, 5, 5), [(" caf", 1), ("é", 1), ("é", 1)]),
+        ((), []),
+    ],
+)
+def test_token_pieces(tokens: tuple[int, ...], want: list[tuple[str, int]]) -> None:
+    text = detokenize(tokens)
+    pieces = vllm_flavor.token_pieces(text, tokens, detokenize)
+    assert [p for p in pieces if p[0]] == want
+    assert "".join(p for p, _ in pieces) == text
+    assert sum(n for _, n in pieces) == len(tokens)
+
+
+def test_metrics_carry_vllms_labels() -> None:
+    m = Metrics("openai/whisper-base")
+    m.queue(running=2, waiting=3)
+    text = m.render().decode()
+    labels = 'engine="0",model_name="openai/whisper-base"'
+    assert f"vllm:num_requests_running{{{labels}}} 2.0" in text
+    assert f"vllm:num_requests_waiting{{{labels}}} 3.0" in text
+    assert f'vllm:num_requests_waiting_by_reason{{{labels},reason="capacity"}} 3.0' in text
+    assert f'vllm:num_requests_waiting_by_reason{{{labels},reason="deferred"}} 0.0' in text
+    m.request_done("transcriptions", 200, 1.5)
+    text = m.render().decode()
+    stop = 'engine="0",finished_reason="stop",model_name="openai/whisper-base"'
+    assert f"vllm:request_success_total{{{stop}}} 1.0" in text
+    assert 'finished_reason="repetition"' in text
+    assert f"vllm:e2e_request_latency_seconds_count{{{labels}}} 1.0" in text
