@@ -1,6 +1,7 @@
-"""Real vLLM for the tests, as users run it: `whisper-gateway` with a `launch: vllm`
-backend (whisper_backend.vllm_serve: its own venv, the model converted from the
-packaged weights) beside a `launch: cpu` whisper_backend, both serving whisper-base.
+"""Real vLLM for the tests, as users run it: `make up CONFIG=examples/vllm-cpu.yaml`, a
+`launch: vllm` backend (whisper_backend.vllm_serve: its own venv, the model converted
+from the packaged weights) beside `launch: cpu` whisper_backends, one serving the same
+whisper-base.
 
 One such stack per test session (vLLM holds about 4.3 GB and loads for a minute). The
 CPU backend starts drained, so every request meets vLLM until a test undrains it.
@@ -16,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testkit.gateway import Gateway, gateway_config
-from testkit.procs import free_port
-from testkit.stack import WHISPER_GATEWAY, Tree
+import yaml
+
+from testkit.gateway import Gateway
+from testkit.procs import ROOT, free_port
+from testkit.stack import Tree
 
 BASE = "openai/whisper-base"  # multilingual: stock vLLM 0.32 answers "" for .en models
+EXAMPLE = ROOT / "examples" / "vllm-cpu.yaml"
 # A first run on a machine builds vLLM's venv (about 2 min) before vLLM loads (1 min).
 READY_S = 900.0
 
@@ -63,15 +67,17 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-@contextmanager
-def vllm_stack(workdir: Path) -> Iterator[VllmStack]:
-    vport, cport = free_port(), free_port()
-    backend = {"models": [BASE]}
-    cfg = gateway_config(
-        [
-            {**backend, "url": f"http://127.0.0.1:{vport}", "max_concurrency": 4, "launch": "vllm"},
-            {**backend, "url": f"http://127.0.0.1:{cport}", "max_concurrency": 2, "launch": "cpu"},
-        ],
+def example_config(workdir: Path) -> tuple[dict[str, Any], int, int]:
+    """examples/vllm-cpu.yaml as shipped, on free ports, with what the tests need on top;
+    and the ports of its vLLM and of its CPU backend for the same model."""
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    for plane in ("listener", "envoy_admin", "xds", "admin"):
+        doc[plane]["port"] = free_port()
+    ports = {}
+    for b in doc["backends"]:
+        b["url"] = f"http://127.0.0.1:{free_port()}"
+        ports[(b["launch"], b["models"][0])] = int(b["url"].rsplit(":", 1)[1])
+    doc.update(
         # Probes decode real speech on the same two cores: spaced out, with room to answer
         # (a refused connection still ejects at once, and requests retry elsewhere).
         health={
@@ -81,17 +87,26 @@ def vllm_stack(workdir: Path) -> Iterator[VllmStack]:
             "unhealthy_threshold": 2,
         },
         # Above vLLM's own 25 MB, so its refusal is what the client meets.
-        limits={"max_upload_mb": 30},
+        limits={**doc["limits"], "max_upload_mb": 30},
         public_router_endpoints=True,
+        edge={"backend_header": True},  # the tests see which backend served
+        log_format="json",
     )
+    return doc, ports[("vllm", BASE)], ports[("cpu", BASE)]
+
+
+@contextmanager
+def vllm_stack(workdir: Path) -> Iterator[VllmStack]:
+    """`make up CONFIG=examples/vllm-cpu.yaml` (on free ports), the CPU backend for
+    whisper-base drained once every backend is healthy."""
+    cfg, vport, cport = example_config(workdir)
     gw = Gateway(workdir, cfg)
     gw.write_config()
-    argv = [WHISPER_GATEWAY, "--config", str(gw.config_path), "--run-dir", str(workdir / "run")]
-    tree = Tree(argv, workdir / "out.log")
+    tree = Tree(["make", "-s", "up", f"CONFIG={gw.config_path}"], workdir / "out.log")
     s = VllmStack(tree, gw, vport, cport)
     try:
         tree.wait_for("whisper-gateway is up", READY_S)
-        gw.wait_backends({s.vllm, s.cpu}, timeout=READY_S)
+        gw.wait_backends(timeout=READY_S)
         s.admin("drain", s.cpu)
         yield s
     finally:
