@@ -462,6 +462,7 @@ def test_gateway_pod_matches_the_code(overlay: str, tmp_path: Path) -> None:
         "30",
         "--concurrency",
         "1",
+        "--use-dynamic-base-id",
     ]
 
     # xDS and both admin APIs on loopback inside the pod; the listener on the pod IP.
