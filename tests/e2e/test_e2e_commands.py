@@ -75,6 +75,12 @@ def test_the_router_line_serves_the_seed_requests(tmp_path: Path) -> None:
     try:
         tree.wait_for("whisper-gateway is up", 90)
         url = f"http://127.0.0.1:{port}"
+        # The router's users wait for its /health (their readiness probe): 200 once the
+        # first probe passed, which a loaded machine may take a few seconds to see.
+        deadline = time.monotonic() + 60
+        while curl(f"{url}/health")[0] != 200:
+            assert time.monotonic() < deadline, curl(f"{url}/health")
+            time.sleep(0.2)
         status, body = transcribe(url, "openai/whisper-small")
         assert status == 200, body
         assert "world" in json.loads(body)["text"].lower()
