@@ -90,7 +90,7 @@ SMOKE = Plan(
     mixed_n=4,
     warm_s=3.0,
     window_s=6.0,
-    restart_cap_s=6.0,
+    restart_cap_s=15.0,
     readmit_cap_s=6.0,
 )
 
@@ -404,6 +404,22 @@ async def poll(cond: Any, cap_s: float, every: float = 0.25) -> float | None:
     return None
 
 
+async def probe_verdicts(
+    stack: VllmStack, t_kill: float, cap_s: float
+) -> tuple[float | None, float | None]:
+    """Seconds from the kill to the probes' UNHEALTHY verdict on vLLM, and to its
+    readmission (HEALTHY again after that verdict); None past `cap_s` from the kill."""
+    loop = asyncio.get_running_loop()
+    down = await poll(lambda: stack.health(stack.vllm) == "UNHEALTHY", cap_s)
+    if down is None:
+        return None, None
+    down = round(loop.time() - t_kill, 2)
+    rest = max(0.0, cap_s - (loop.time() - t_kill))
+    if await poll(lambda: stack.health(stack.vllm) == "HEALTHY", rest) is None:
+        return down, None
+    return down, round(loop.time() - t_kill, 2)
+
+
 def failover(stack: VllmStack, plan: Plan) -> dict[str, Any]:
     load0 = loadavg()
     if next(b for b in stack.gw.backends() if b["endpoint"] == stack.cpu)["draining"]:
@@ -430,9 +446,7 @@ def failover(stack: VllmStack, plan: Plan) -> dict[str, Any]:
             t_kill = loop.time()
             os.kill(leader, signal.SIGKILL)
             # Each watched in its own task from the kill: none waits on another.
-            unhealthy = asyncio.create_task(
-                poll(lambda: stack.health(stack.vllm) == "UNHEALTHY", plan.readmit_cap_s)
-            )
+            verdicts = asyncio.create_task(probe_verdicts(stack, t_kill, plan.readmit_cap_s))
             restarted = asyncio.create_task(
                 poll(lambda: int(stack.vllm_child()["starts"]) > starts0, plan.restart_cap_s)
             )
@@ -441,7 +455,6 @@ def failover(stack: VllmStack, plan: Plan) -> dict[str, Any]:
             stop.set()
             await load
         t_load_end = loop.time() - t_kill
-        to_unhealthy = await unhealthy
         to_restart = await restarted
         # Checked once the supervisor has restarted vLLM (it reaps the old group first).
         checked_after_restart = int(stack.vllm_child()["starts"]) > starts0
@@ -450,13 +463,7 @@ def failover(stack: VllmStack, plan: Plan) -> dict[str, Any]:
             st = proc_state(pid)
             if st is not None and st[1] == leader:  # still in the old group
                 survivors.append({"pid": pid, "state": st[0]})
-        # Readmission: HEALTHY again after the verdict that dropped it, from the kill.
-        to_readmit: float | None = None
-        if to_unhealthy is not None:
-            rest = plan.readmit_cap_s - (loop.time() - t_kill)
-            more = await poll(lambda: stack.health(stack.vllm) == "HEALTHY", max(0.0, rest))
-            if more is not None:
-                to_readmit = round(loop.time() - t_kill, 2)
+        to_unhealthy, to_readmit = await verdicts
         return {
             "t_kill": t_kill,
             "in_flight_at_kill": in_flight,
@@ -477,6 +484,8 @@ def failover(stack: VllmStack, plan: Plan) -> dict[str, Any]:
     )
     names = {stack.vllm: "vllm", stack.cpu: "cpu"}
     readmit = raw["kill_to_probe_readmitted_s"]
+    on_vllm = [tr.sent_at - t_kill for tr in traces if tr.sent_at >= t_kill and not tr.failed
+               and tr.backend == stack.vllm]  # fmt: skip
     return {
         "clip": HELLO.name,
         "concurrency": plan.failover_c,
@@ -504,6 +513,9 @@ def failover(stack: VllmStack, plan: Plan) -> dict[str, Any]:
             ).items()
         },
         "served_by_after_kill": {names.get(b, b): n for b, n in served_after.items()},
+        "kill_to_first_request_sent_that_vllm_served_s": round(min(on_vllm), 2)
+        if on_vllm
+        else None,
         **raw,
         "vllm_group_before_kill": family,
         "vllm_leader_pid": leader,
