@@ -120,34 +120,41 @@ def test_audio_seconds_add_up_per_model_task_and_backend(gateway: Gateway) -> No
 
 
 def test_a_converted_stream_with_usage_is_metered(gateway: Gateway) -> None:
-    """A stream carries a duration only when the client asks for usage; one without is
-    counted as unmetered, never guessed."""
+    """A converted stream is metered: the gateway asks the backend for usage when the
+    client did not. One in the `backend` stream format passes byte for byte, so it
+    carries a duration only when the client asks; without, it is counted as
+    unmetered, never guessed."""
     admin = gateway.admin_url
     before = total(admin, AUDIO, model=TINY)
     before_unmetered = total(admin, UNMETERED, model=TINY)
 
-    async def stream(usage: bool = True) -> str:
+    async def stream(usage: bool, stream_format: str = "openai") -> str:
         data = aiohttp.FormData()
         fields = [("model", TINY), ("stream", "true")]
         fields += [("stream_include_usage", "true")] if usage else []
         for k, v in fields:
             data.add_field(k, v)
         data.add_field("file", HELLO.read_bytes(), filename="hello.wav")
+        headers = {"x-stream-format": stream_format}
         async with aiohttp.ClientSession() as s:
-            async with s.post(gateway.url + "/v1/audio/transcriptions", data=data) as r:
+            async with s.post(
+                gateway.url + "/v1/audio/transcriptions", data=data, headers=headers
+            ) as r:
                 assert r.status == 200
                 return await r.text()
 
-    body = asyncio.run(stream())
-    done = [
-        json.loads(line[6:])
-        for line in body.splitlines()
-        if line.startswith("data: {") and "transcript.text.done" in line
-    ]
-    assert done, body
-    got = wait_for_total(admin, AUDIO, before + 1, model=TINY)
-    assert got > before  # the backend's usage.seconds (whole seconds) was counted
-    asyncio.run(stream(usage=False))
+    for usage in (True, False):
+        body = asyncio.run(stream(usage))
+        done = [
+            json.loads(line[6:])
+            for line in body.splitlines()
+            if line.startswith("data: {") and "transcript.text.done" in line
+        ]
+        assert done and done[0]["usage"]["output_tokens"] > 0, body
+        got = wait_for_total(admin, AUDIO, before + 1, model=TINY)
+        assert got > before  # the backend's usage.seconds (whole seconds) was counted
+        before = got
+    asyncio.run(stream(usage=False, stream_format="backend"))
     seen = wait_for_total(admin, UNMETERED, before_unmetered + 1, model=TINY)
     assert seen == before_unmetered + 1
     assert total(admin, AUDIO, model=TINY) == got

@@ -104,10 +104,11 @@ function envoy_on_request(handle)
     splice(handle, body, rf_at, #rf, rf == "text" and "json" or "verbose_json")
     meta:set(META, "render", rf)
   end
-  if stream == "true" and fmt == "openai" and not fields.stream_include_usage then
-    -- OpenAI's transcript.text.done carries usage; vLLM and whisper_backend send it
-    -- only when asked. The new part goes right after the `stream` value, before the
-    -- delimiter that ended it.
+  if convert and stream == "true" and not fields.stream_include_usage then
+    -- OpenAI's transcript.text.done carries usage, and metering reads its seconds;
+    -- vLLM and whisper_backend send it only when asked. Not for the `backend` stream
+    -- format, passed on byte for byte. The new part goes right after the `stream`
+    -- value, before the delimiter that ended it.
     local at = fields.stream[2] + #stream
     splice(handle, body, at, 0, "\r\n--" .. boundary
       .. '\r\nContent-Disposition: form-data; name="stream_include_usage"\r\n\r\ntrue')
