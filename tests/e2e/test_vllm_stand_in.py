@@ -196,11 +196,32 @@ def vllm(stack: VllmStack) -> str:
     return url
 
 
+@pytest.fixture(scope="module")
+def answers(vllm: str, stand_in: str) -> dict[str, tuple[Answer, Answer]]:
+    """Every case's answers, vLLM's and ours, asked a few cases at a time: the suite's
+    time, not the comparison, is what asking them one by one cost."""
+
+    async def run() -> dict[str, tuple[Answer, Answer]]:
+        gate = asyncio.Semaphore(4)
+        async with aiohttp.ClientSession() as s:
+
+            async def both(case: Case) -> tuple[Answer, Answer]:
+                async with gate:
+                    real, ours = await asyncio.gather(
+                        _send(s, vllm, case), _send(s, stand_in, case)
+                    )
+                    return real, ours
+
+            pairs = await asyncio.gather(*(both(c) for c in CASES.values()))
+        return dict(zip(CASES, pairs, strict=True))
+
+    return asyncio.run(run())
+
+
 @pytest.mark.parametrize("name", list(CASES))
-async def test_stand_in_answers_as_vllm(vllm: str, stand_in: str, name: str) -> None:
+def test_stand_in_answers_as_vllm(answers: dict[str, tuple[Answer, Answer]], name: str) -> None:
     case = CASES[name]
-    async with aiohttp.ClientSession() as s:
-        real, ours = await asyncio.gather(_send(s, vllm, case), _send(s, stand_in, case))
+    real, ours = answers[name]
     shown = f"\nvLLM: {real.status} {real.body[:1500]}\nours: {ours.status} {ours.body[:1500]}"
     assert ours.status == real.status, shown
     for header in ("Content-Type", "Vary", "Allow"):
