@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,11 @@ def curl(*args: str, timeout: float = 60) -> tuple[int, str]:
     )
     body, _, code = proc.stdout.rpartition("\n")
     return int(code or 0), body
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `cond` until true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)

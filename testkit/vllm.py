@@ -9,9 +9,8 @@ CPU backend starts drained, so every request meets vLLM until a test undrains it
 
 from __future__ import annotations
 
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +57,6 @@ class VllmStack:
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200
         self.gw.wait_synced()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 def example_config(workdir: Path) -> tuple[dict[str, Any], int, int]:

@@ -24,7 +24,7 @@ import yaml
 
 from control_plane.config.schema import DEFAULT_CONFIG
 from testkit.procs import ROOT, free_port, start_backend
-from testkit.stack import WHISPER_GATEWAY, Tree, curl
+from testkit.stack import WHISPER_GATEWAY, Tree, curl, wait_until
 
 HELLO = ROOT / "tests" / "fixtures" / "hello.wav"
 
@@ -77,10 +77,7 @@ def test_the_router_line_serves_the_seed_requests(tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{port}"
         # The router's users wait for its /health (their readiness probe): 200 once the
         # first probe passed, which a loaded machine may take a few seconds to see.
-        deadline = time.monotonic() + 60
-        while curl(f"{url}/health")[0] != 200:
-            assert time.monotonic() < deadline, curl(f"{url}/health")
-            time.sleep(0.2)
+        wait_until(lambda: curl(f"{url}/health")[0] == 200, 60, "the router line's /health")
         status, body = transcribe(url, "openai/whisper-small")
         assert status == 200, body
         assert "world" in json.loads(body)["text"].lower()

@@ -28,8 +28,8 @@ from testkit import load
 from testkit.clips import clip_seconds, make_clip, make_noise
 from testkit.load import run_load
 from testkit.procs import ROOT, free_port
-from testkit.stack import WHISPER_GATEWAY, Tree, curl
-from testkit.vllm import BASE, READY_S, VllmStack, wait_until
+from testkit.stack import WHISPER_GATEWAY, Tree, curl, wait_until
+from testkit.vllm import BASE, READY_S, VllmStack
 
 # The first run on a machine builds vLLM's venv (about 2 min) before vLLM loads (1 min).
 pytestmark = pytest.mark.timeout(1500)
