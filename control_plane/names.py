@@ -37,6 +37,9 @@ METER = "whisper_gateway.meter"
 
 #: The bootstrap's static cluster to the control plane (xDS and the access log service).
 XDS_CLUSTER = "xds_cluster"
+#: Envoy pings the control plane this often (HTTP/2 keepalive on XDS_CLUSTER); the
+#: gRPC server must accept pings at this rate, or it sends GOAWAY after two of them.
+XDS_PING_INTERVAL_S = 10
 LISTENER_NAME = "gateway_http"
 ROUTE_CONFIG_NAME = "gateway_routes"
 LISTENER_SECRET = "listener_cert"

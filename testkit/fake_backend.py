@@ -274,6 +274,8 @@ def main() -> None:
         port=a.port,
         print=None,
         access_log=None,
+        # A FAKE ends at once on SIGTERM: its hangs would hold a graceful stop for a minute.
+        shutdown_timeout=0.5,
     )
 
 

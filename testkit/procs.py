@@ -24,10 +24,19 @@ FIXTURES = ROOT / "tests" / "fixtures"
 PYTHON = sys.executable
 
 
+#: Ports already handed out in this run: the kernel may offer a just-closed port again, and
+#: two of one config's ports alike make the control plane refuse it (seen in CI).
+_ISSUED: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _ISSUED:
+            _ISSUED.add(port)
+            return port
 
 
 #: Every process started here, so none outlives the run that started it (stop_all).

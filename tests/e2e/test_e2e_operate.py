@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import grpc
 from conftest import TINY
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
+from control_plane.names import XDS_PING_INTERVAL_S
 from testkit.gateway import ROOT, Gateway
 
 WHISPER_GATEWAY = str(ROOT / ".venv" / "bin" / "whisper-gateway")
@@ -32,6 +34,7 @@ def test_status_shows_every_envoy_synced(gateway: Gateway) -> None:
     assert header.split()[:7] == ["NODE", "PEER", "ENVOY", "CDS", "EDS", "LDS", "RDS"]
     assert row.split()[3:7] == ["SYNCED"] * 4, proc.stdout
     assert rest[0].startswith("snapshot: CDS ")
+    gateway.wait_synced()  # on a loaded machine Envoy may have redialled since (seen in CI)
     doc = json.loads(run("status", "--json", "--admin", gateway.admin_url).stdout)
     assert doc["proxies"][0]["types"]["EDS"]["state"] == "SYNCED"
 
@@ -70,3 +73,14 @@ def test_csds_on_the_xds_port(gateway: Gateway) -> None:
     cds = [g for g in configs if g.type_url.endswith("Cluster")]
     assert {g.version_info for g in cds} == {status["CDS"]}
     assert len(streamed.config) == 1
+
+
+def test_envoy_keeps_its_first_ads_stream(gateway: Gateway) -> None:
+    """Envoy pings the control plane every XDS_PING_INTERVAL_S; a gRPC server with its
+    default ping policy answered the third ping with GOAWAY, so Envoy redialled every
+    ~43 s and for a moment had no stream (its status showed no proxy)."""
+    first = gateway.wait_synced()["proxies"][0]
+    # Five pings' worth of connection: the GOAWAY came after the third.
+    time.sleep(max(0.0, first["connected_at"] + 5 * XDS_PING_INTERVAL_S - time.time()))
+    now = gateway.wait_synced()["proxies"]
+    assert [p["stream_id"] for p in now] == [first["stream_id"]], now

@@ -31,7 +31,9 @@ CLIPS = ("hello.wav", "numbers.wav")
 # Encoder outputs, both sides float32 from the same float16 weights, differ only by the order
 # of float operations. Measured here: max|diff| / max|CT2 output| 1.3e-5 (tiny.en) and 3.6e-5
 # (base), i.e. 1.5e-4 and 8.4e-4 absolute on outputs up to 12 and 24; mean |diff| 2.2e-6.
-ENCODER_RTOL = 1e-4
+# Another machine of the same kind gave 2.0e-4 (tiny.en, hello.wav; mean 1.7e-6): the CPU
+# picks the kernels, so the bound is 1e-3, still far below a wrong weight's error (order 1).
+ENCODER_RTOL = 1e-3
 ENCODER_MEAN_ATOL = 1e-5
 MAX_NEW_TOKENS = 120
 # Special ids per model: (first timestamp, <|notimestamps|>, vocab size, decoder prompt).

@@ -13,6 +13,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from control_plane.config.sockets import restrict_socket
+from control_plane.names import XDS_PING_INTERVAL_S
 from control_plane.xds.cache.snapshot_cache import SnapshotCache
 from control_plane.xds.server.stream_state import Response, StreamState
 
@@ -207,6 +208,10 @@ async def serve(
         options=[
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # gRPC's default (pings at most every 5 minutes without data) made this
+            # server send GOAWAY (too_many_pings) to Envoy's idle ADS stream every ~43 s,
+            # and Envoy redialled: accept Envoy's keepalive pings.
+            ("grpc.http2.min_ping_interval_without_data_ms", XDS_PING_INTERVAL_S * 1000 // 2),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
