@@ -22,6 +22,9 @@ CLIENT_HEADER = "x-gateway-client"
 CONVERT_HEADER = "x-gateway-convert"
 #: The backend that served a response (edge.backend_header), for debugging.
 BACKEND_HEADER = "x-gateway-backend"
+#: A client's request to split a long upload (value "split"): only for the models
+#: listed in long_audio.models; the splitter's pieces never carry it.
+SPLIT_HEADER = "x-long-audio"
 #: Headers only the gateway writes: removed from every request before routing.
 INTERNAL_HEADERS = (MODEL_HEADER, CLIENT_HEADER, CONVERT_HEADER, BACKEND_HEADER)
 
@@ -44,12 +47,14 @@ LISTENER_NAME = "gateway_http"
 ROUTE_CONFIG_NAME = "gateway_routes"
 LISTENER_SECRET = "listener_cert"
 UNROUTED_CLUSTER = "gateway_unrouted"
+SPLITTER_CLUSTER = "gateway_splitter"  # the long-audio splitter (long_audio.splitter)
 ADMIN_CLUSTER = "gateway_admin"  # the control plane's admin API, for /metrics and /engines
 
 # ---------------------------------------------------------------- filters
 
 #: The second Lua filter: response conversion, enabled per route (routes.py).
 FORMAT_FILTER = "whisper.filters.format"
+METER_FILTER = "envoy.filters.http.json_to_metadata"  # audio seconds from JSON responses
 API_KEY_FILTER = "envoy.filters.http.api_key_auth"
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 RATE_LIMIT_DESCRIPTOR = "client"

@@ -82,6 +82,11 @@ async def wait_backend(sup: Supervisor, spec: ChildSpec) -> None:
         say(f"{spec.name} is not ready; see {spec.name}.log", err=True)
 
 
+def splitter_spec(config_path: Path) -> ChildSpec:
+    """The long-audio splitter (long_audio: in the config), reading the same file."""
+    return ChildSpec("splitter", (sys.executable, "-m", "long_audio", "--config", str(config_path)))
+
+
 def control_plane_spec(opts: Options, config_path: Path) -> ChildSpec:
     argv = (
         sys.executable,
@@ -118,6 +123,8 @@ async def run(opts: Options, run_dir: Path) -> int:
         backends = backend_specs(config)
         for spec in backends:
             await sup.start(spec)
+        if config.long_audio is not None:
+            await sup.start(splitter_spec(config_path))
         await sup.start(control_plane_spec(opts, config_path))
         admin = f"http://{config.admin.address}:{config.admin.port}"
         if config.admin.unix_socket:  # the banner shows how to reach it
@@ -134,6 +141,12 @@ async def run(opts: Options, run_dir: Path) -> int:
             say("Envoy did not come up; see envoy.log", err=True)
             return 1
         await asyncio.gather(*(wait_backend(sup, spec) for spec in backends))
+        if config.long_audio is not None:
+            split = config.long_audio.splitter
+            if not await wait_http(
+                f"http://{split.address}:{split.port}/health", 30, sup, "splitter"
+            ):
+                say("the long-audio splitter did not come up; see splitter.log", err=True)
         lst = config.listener
         host = "127.0.0.1" if lst.address in ("0.0.0.0", "::") else lst.address
         scheme = "https" if config.tls else "http"

@@ -28,6 +28,7 @@ from control_plane.config.schema import (
     HealthConfig,
     HostPort,
     LimitsConfig,
+    LongAudioConfig,
     OutlierConfig,
     PlaneTlsConfig,
     RateLimitConfig,
@@ -112,9 +113,10 @@ def _unix_socket(value: Any, where: str, base: Path) -> str:
     return path
 
 
-def _host_port(data: Any, path: str, base: Path) -> HostPort:
-    default = _FIELDS[path].default
-    assert isinstance(default, HostPort)
+def _host_port(data: Any, path: str, base: Path, default: HostPort | None = None) -> HostPort:
+    base_default = _FIELDS[path].default if default is None else default
+    assert isinstance(base_default, HostPort)
+    default = base_default
     d = _mapping(data, path)
     allowed = {"address", "port"}
     allowed |= {"unix_socket"} if path in UNIX_PLANES else set()
@@ -306,6 +308,27 @@ def _upstream_tls(data: Any, base: Path) -> UpstreamTlsConfig:
     return UpstreamTlsConfig(**files)
 
 
+def _long_audio(data: Any, models: set[str], base: Path) -> LongAudioConfig | None:
+    if data is None:
+        return None
+    d = _mapping(data, "long_audio")
+    listed = d.get("models")
+    if not isinstance(listed, list) or not listed or not all(isinstance(m, str) for m in listed):
+        raise ConfigError("long_audio.models", "must be a non-empty list of served model names")
+    for i, m in enumerate(listed):
+        if m not in models:
+            raise ConfigError(f"long_audio.models[{i}]", f"names no model of any backend: {m!r}")
+    flat = _section(
+        LongAudioConfig,
+        {k: v for k, v in d.items() if k not in ("models", "splitter")},
+        "long_audio",
+    )
+    splitter = _host_port(
+        d.get("splitter"), "long_audio.splitter", base, LongAudioConfig().splitter
+    )
+    return dataclasses.replace(flat, models=tuple(dict.fromkeys(listed)), splitter=splitter)
+
+
 def parse_config(data: Any, base_dir: str | Path | None = None) -> GatewayConfig:
     """Validate a decoded YAML document into a GatewayConfig (pure). Relative file
     paths are relative to `base_dir` (the config file's folder), else to the cwd."""
@@ -367,11 +390,14 @@ def parse_config(data: Any, base_dir: str | Path | None = None) -> GatewayConfig
         upstream_tls=_upstream_tls(d.get("upstream_tls"), base),
         stats=_section(StatsConfig, d.get("stats"), "stats"),
         log_format=log_format,
+        long_audio=_long_audio(d.get("long_audio"), models, base),
         **top,
     )
     used: dict[tuple[str, int] | str, str] = {}
-    for name in ("listener", "envoy_admin", "xds", "admin"):
-        hp = getattr(cfg, name)
+    planes = [(name, getattr(cfg, name)) for name in ("listener", "envoy_admin", "xds", "admin")]
+    if cfg.long_audio is not None:
+        planes.append(("long_audio.splitter", cfg.long_audio.splitter))
+    for name, hp in planes:
         # A plane on a Unix socket opens no port: only its path must be its own.
         key: tuple[str, int] | str = hp.unix_socket or (hp.address, hp.port)
         where = "unix_socket" if hp.unix_socket else "port"

@@ -216,6 +216,24 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class LongAudioConfig:
+    """Long uploads cut at silence and served piece by piece across the fleet
+    (docs/long-audio.md). Only the models listed, and only for a request that asks
+    with the `x-long-audio: split` header: without it the upload is proxied as sent."""
+
+    models: tuple[str, ...] = ()
+    # The splitter service (a child of the supervisor, a container of the gateway pod).
+    splitter: HostPort = HostPort("127.0.0.1", 18100)
+    # Uploads at most this size go to a backend whole (a 30 s 16 kHz WAV is ~1 MB).
+    min_upload_mb: float = _bound(1.0, 0.0, 1024)
+    # The longest piece: 30 s is one Whisper window, the most one vLLM request's
+    # verbose_json covers whole.
+    piece_s: float = _bound(30.0, 5.0, 30.0)
+    pieces_per_request: int = _bound(4, 1, 256)  # in flight for one upload
+    pieces_in_flight: int = _bound(16, 1, 4096)  # in flight for all uploads together
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listener: HostPort = HostPort("127.0.0.1", 8000)
     envoy_admin: HostPort = HostPort("127.0.0.1", 9901)
@@ -247,6 +265,7 @@ class GatewayConfig:
     # The control plane's log lines and Envoy's access log (one line per request):
     # `text` for people, `json` for log pipelines. `--log-format` overrides it.
     log_format: str = "text"
+    long_audio: LongAudioConfig | None = None  # off unless the section is given
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from control_plane.ir.model import (
     GatewaySpec,
     Limits,
     Listen,
+    LongAudio,
     Outlier,
     ProbeSpec,
     RateLimit,
@@ -79,4 +80,16 @@ def spec_from_config(config: GatewayConfig) -> GatewaySpec:
         ),
         rate_limit=RateLimit(**asdict(config.rate_limit)),
         access_log_format=config.log_format,
+        long_audio=_long_audio(config),
+    )
+
+
+def _long_audio(config: GatewayConfig) -> LongAudio | None:
+    la = config.long_audio
+    if la is None:
+        return None
+    return LongAudio(
+        models=la.models,
+        splitter=Listen(la.splitter.address, la.splitter.port),
+        min_upload_bytes=int(la.min_upload_mb * 1024 * 1024),
     )

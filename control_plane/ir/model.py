@@ -139,6 +139,15 @@ class BackendSpec:
 
 
 @dataclass(frozen=True)
+class LongAudio:
+    """Which uploads the request-side Lua sends to the splitter instead of a backend."""
+
+    models: tuple[str, ...]
+    splitter: Listen
+    min_upload_bytes: int
+
+
+@dataclass(frozen=True)
 class GatewaySpec:
     listener: Listen
     limits: Limits
@@ -156,6 +165,7 @@ class GatewaySpec:
     edge: Edge = Edge()
     rate_limit: RateLimit = RateLimit()
     access_log_format: str = "text"  # Envoy's line per request: text or json
+    long_audio: LongAudio | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -202,6 +212,7 @@ class GatewayModel:
     rate_limit: RateLimit = RateLimit()
     access_log_format: str = "text"  # Envoy's line per request: text or json
     security: Security = Security()
+    long_audio: LongAudio | None = None
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -295,4 +306,5 @@ def build_model(
         rate_limit=spec.rate_limit,
         access_log_format=spec.access_log_format,
         security=security,
+        long_audio=spec.long_audio,
     )

@@ -16,7 +16,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 # What the listener logs: the headers it adds to each entry, the metering namespace.
-from control_plane.names import CLIENT_HEADER, METER, MODEL_HEADER
+from control_plane.names import CLIENT_HEADER, METER, MODEL_HEADER, SPLITTER_CLUSTER
 from control_plane.observe.request_stats import Finished, RequestStats
 
 log = logging.getLogger("control_plane.als")
@@ -37,7 +37,9 @@ def finished(entry: accesslog_pb2.HTTPAccessLogEntry, scheme_of: Callable[[str],
     common = entry.common_properties
     sa = common.upstream_remote_address.socket_address
     endpoint = ""
-    if sa.address:
+    # The splitter is no backend: its pieces come back through the listener and are
+    # logged (timed, metered) one by one; the whole upload counts only as a request.
+    if sa.address and common.upstream_cluster != SPLITTER_CLUSTER:
         endpoint = (
             f"[{sa.address}]:{sa.port_value}"
             if ":" in sa.address

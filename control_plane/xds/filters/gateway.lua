@@ -12,6 +12,8 @@ local MODEL_HEADER = --MODEL_HEADER--
 -- The client id the API key filter sets (the client's own is removed before any
 -- filter runs).
 local CLIENT_HEADER = --CLIENT_HEADER--
+-- A client's request to split a long upload across the fleet (value "split").
+local SPLIT_HEADER = --SPLIT_HEADER--
 
 -- A JSON string literal for any Lua string (control characters as \u00XX).
 local function json_string(s)

@@ -18,6 +18,12 @@ local CLIENT_MODELS = {
 --CLIENT_MODELS--
 }
 local STREAM_FORMATS = {openai = true, backend = true, text = true}
+-- Models whose uploads the splitter may serve piece by piece (long_audio.models), and
+-- the size an upload must pass before it is split (long_audio.min_upload_mb).
+local SPLIT_MODELS = {
+--SPLIT_MODELS--
+}
+local SPLIT_MIN_BYTES = --SPLIT_MIN_BYTES--
 -- vLLM's default upload limit (VLLM_MAX_AUDIO_CLIP_FILESIZE_MB, in MiB): a larger body
 -- takes the response filter, which turns vLLM's 400 for it into OpenAI's 413.
 local VLLM_MAX_BYTES = 25 * 1048576
@@ -87,6 +93,17 @@ function envoy_on_request(handle)
   end
   local meta = handle:streamInfo():dynamicMetadata()
   meta:set(META, "stream_format", fmt)
+  if SPLIT_MODELS[model] and body:length() > SPLIT_MIN_BYTES
+      and (handle:headers():get(SPLIT_HEADER) or ""):lower() == "split" then
+    -- The splitter sends each piece back through this listener with the client's own
+    -- form, so every rule below applies to the pieces; it needs only the stream format.
+    handle:headers():replace("x-stream-format", fmt)
+    handle:headers():replace(MODEL_HEADER, model)
+    meta:set(META, "model", model)
+    meta:set(META, "split", "1")
+    handle:clearRouteCache()
+    return
+  end
   -- text, srt and vtt are rendered here, so every backend that answers json and
   -- verbose_json serves all five formats, identically. text needs no segments: it is
   -- json's text (a backend's verbose_json may hold fewer segments than the audio: the

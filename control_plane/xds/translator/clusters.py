@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2, wrappers_pb2
 
 from control_plane.config.sockets import is_ip
 from control_plane.ir.model import GatewayModel, Listen, ModelCluster, UpstreamTls
-from control_plane.names import ADMIN_CLUSTER, SNI_KEY, UNROUTED_CLUSTER
+from control_plane.names import ADMIN_CLUSTER, SNI_KEY, SPLITTER_CLUSTER, UNROUTED_CLUSTER
 from control_plane.xds.translator.common import ads_source, any_of, seconds, tls_host
 
 _POLICY = {
@@ -146,21 +146,20 @@ def _admin_address(api: Listen) -> address_pb2.Address:
     )
 
 
-def _admin_cluster(model: GatewayModel) -> cluster_pb2.Cluster:
-    """The control plane's admin API, for the router's /metrics and /engines."""
+def _static_cluster(model: GatewayModel, name: str, api: Listen) -> cluster_pb2.Cluster:
+    """One of the gateway's own services: the control plane's admin API (the router's
+    /metrics and /engines) or the long-audio splitter."""
     return cluster_pb2.Cluster(
-        name=ADMIN_CLUSTER,
+        name=name,
         type=cluster_pb2.Cluster.DiscoveryType.STATIC,
         connect_timeout=seconds(model.limits.connect_timeout_s),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=ADMIN_CLUSTER,
+            cluster_name=name,
             endpoints=[
                 endpoint_components_pb2.LocalityLbEndpoints(
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=_admin_address(model.admin_api)
-                            )
+                            endpoint=endpoint_components_pb2.Endpoint(address=_admin_address(api))
                         )
                     ]
                 )
@@ -172,5 +171,7 @@ def _admin_cluster(model: GatewayModel) -> cluster_pb2.Cluster:
 def build_clusters(model: GatewayModel) -> list[cluster_pb2.Cluster]:
     head = [_unrouted_cluster(model)]
     if model.public_router_endpoints:
-        head.append(_admin_cluster(model))
+        head.append(_static_cluster(model, ADMIN_CLUSTER, model.admin_api))
+    if model.long_audio is not None:
+        head.append(_static_cluster(model, SPLITTER_CLUSTER, model.long_audio.splitter))
     return head + [_model_cluster(model, c) for c in model.clusters]

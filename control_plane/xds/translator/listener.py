@@ -38,6 +38,7 @@ from control_plane.names import (
     LISTENER_NAME,
     LISTENER_SECRET,
     METER,
+    METER_FILTER,
     MODEL_HEADER,
     RATE_LIMIT_FILTER,
     ROUTE_CONFIG_NAME,
@@ -100,7 +101,7 @@ def metering_filter() -> hcm.HttpFilter:
     """Audio seconds from every JSON response (`duration` of verbose_json, `usage.seconds`
     of json): Envoy's own parser on bodies it holds anyway (a transcript is small)."""
     return hcm.HttpFilter(
-        name="envoy.filters.http.json_to_metadata",
+        name=METER_FILTER,
         typed_config=any_of(
             json_to_metadata_pb2.JsonToMetadata(
                 response_rules=json_to_metadata_pb2.JsonToMetadata.MatchRules(

@@ -13,7 +13,7 @@ import functools
 import re
 from pathlib import Path
 
-from control_plane.names import CLIENT_HEADER, META_NS, METER, MODEL_HEADER
+from control_plane.names import CLIENT_HEADER, META_NS, METER, MODEL_HEADER, SPLIT_HEADER
 
 FILTERS = Path(__file__).resolve().parents[1] / "filters"
 LIBRARY_LUA = FILTERS / "gateway.lua"
@@ -36,6 +36,7 @@ _NAMES = {
     "--METER--": METER,
     "--MODEL_HEADER--": MODEL_HEADER,
     "--CLIENT_HEADER--": CLIENT_HEADER,
+    "--SPLIT_HEADER--": SPLIT_HEADER,
 }
 
 
@@ -58,7 +59,9 @@ def format_source() -> str:
     return library_source() + "\n" + FORMAT_LUA.read_text()
 
 
-_PLACEHOLDERS = re.compile(r'--MODELS--|"--MODEL_LIST--"|--CLIENT_MODELS--')
+_PLACEHOLDERS = re.compile(
+    r'--MODELS--|"--MODEL_LIST--"|--CLIENT_MODELS--|--SPLIT_MODELS--|--SPLIT_MIN_BYTES--'
+)
 
 
 def render_lua(
@@ -66,9 +69,12 @@ def render_lua(
     models: tuple[str, ...],
     stream_formats: dict[str, str],
     client_models: dict[str, tuple[str, ...]] | None = None,
+    split_models: tuple[str, ...] = (),
+    split_min_bytes: int = 0,
 ) -> str:
     """The library, the multipart reader, then the template with the models, their
-    stream formats and the clients limited to models filled in (pure, one pass)."""
+    stream formats, the clients limited to models and the models whose long uploads
+    may be split filled in (pure, one pass)."""
     fill = {
         "--MODELS--": "\n".join(
             f"  [{_lua_string(m)}] = {_lua_string(stream_formats.get(m, 'openai'))},"
@@ -81,6 +87,8 @@ def render_lua(
             + "},"
             for c, ms in sorted((client_models or {}).items())
         ),
+        "--SPLIT_MODELS--": "\n".join(f"  [{_lua_string(m)}] = true," for m in split_models),
+        "--SPLIT_MIN_BYTES--": str(split_min_bytes),
     }
     body = _PLACEHOLDERS.sub(lambda mo: fill[mo.group(0)], template)
     return library_source() + "\n" + multipart_source() + "\n" + body

@@ -24,8 +24,10 @@ from control_plane.names import (
     BACKEND_HEADER,
     FORMAT_FILTER,
     META_NS,
+    METER_FILTER,
     MODEL_HEADER,
     ROUTE_CONFIG_NAME,
+    SPLITTER_CLUSTER,
     UNROUTED_CLUSTER,
 )
 from control_plane.xds.translator.common import any_of, seconds
@@ -208,10 +210,33 @@ def _retry_buffer(model: GatewayModel) -> wrappers_pb2.UInt64Value | None:
     return wrappers_pb2.UInt64Value(value=int(cap * 1024 * 1024))
 
 
+def _split_route(model: GatewayModel) -> rc.Route:
+    """An upload the request-side Lua chose to split goes to the splitter, which sends
+    each piece back through the listener: the pieces are routed, retried, limited and
+    metered as any request, so this route keeps the client's key for them and meters
+    nothing itself (its answer repeats the pieces' audio seconds)."""
+    return rc.Route(
+        name="audio:split",
+        match=_audio_match(_exact(":method", "POST"), meta={"split": "1"}),
+        route=rc.RouteAction(
+            cluster=SPLITTER_CLUSTER,
+            timeout=seconds(0),
+            idle_timeout=seconds(model.limits.idle_timeout_s),
+        ),
+        typed_per_filter_config={
+            **_NO_LUA,
+            **_format_filter(False),
+            METER_FILTER: any_of(rc.FilterConfig(disabled=True)),
+        },
+    )
+
+
 def build_routes(model: GatewayModel, lua: str) -> list[rc.Route]:
     routes: list[rc.Route] = []
     audio_limits = rate_limit_config(model)
     post = _exact(":method", "POST")
+    if model.long_audio is not None:
+        routes.append(_split_route(model))
     for c in model.clusters:
         # Two routes per model: the response filter runs only where the request side
         # asked for a conversion, so plain JSON answers never enter Lua on the way back.
@@ -315,6 +340,8 @@ def build_route_config(model: GatewayModel, lua_template: str) -> route_pb2.Rout
         model.models,
         {c.model: c.stream_format for c in model.clusters},
         {c.name: c.models for c in clients if c.models},
+        model.long_audio.models if model.long_audio else (),
+        model.long_audio.min_upload_bytes if model.long_audio else 0,
     )
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
