@@ -6,6 +6,8 @@ transcripts are compared with a single pass in tests/e2e/test_long_audio.py.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 RATE = 16_000  # what every piece is resampled to: Whisper's own rate
@@ -27,13 +29,16 @@ def plan_pieces(
     """(start, end) seconds of pieces no longer than `piece_s` that cover [0, duration_s]:
     each ends at the quietest SMOOTH_S stretch in its last `search_s` (a third of a
     piece by default), the latest of equals, so pieces stay long and few."""
+    if duration_s <= piece_s:  # also audio shorter than one energy frame
+        return [(0.0, duration_s)]
     search_s = piece_s / 3 if search_s is None else search_s
     width = max(1, round(SMOOTH_S / FRAME_S))
     smooth = np.convolve(energy, np.ones(width, dtype=np.float32) / width, mode="same")
     pieces: list[tuple[float, float]] = []
     start = 0.0
     while duration_s - start > piece_s:
-        lo = int((start + piece_s - search_s) / FRAME_S)
+        # Never before its bound: (20.02 + 20) / 0.02 is 2000.9999 in floating point.
+        lo = math.ceil(round((start + piece_s - search_s) / FRAME_S, 6))
         hi = int((start + piece_s) / FRAME_S)  # a cut at frame k's start: k * FRAME_S
         window = smooth[lo:hi]
         if len(window) == 0:  # past the energy's end (a short last frame): cut at the limit

@@ -125,7 +125,10 @@ async def read_form(request: web.Request, upload: Path, limit: int) -> Form:
             value = await part.read(decode=False)
             if len(value) > FIELD_MAX:
                 raise web.HTTPBadRequest(reason=f"the field {part.name!r} is too long")
-            form.fields.append((part.name, value.decode()))
+            try:
+                form.fields.append((part.name, value.decode()))
+            except UnicodeDecodeError as e:
+                raise web.HTTPBadRequest(reason=f"the field {part.name!r} is not UTF-8") from e
     return form
 
 

@@ -17,6 +17,16 @@ from testkit.procs import ROOT
 
 SOURCE = ROOT / "tests" / "fixtures" / "long_en.ogg"
 RATE = 16_000
+SOURCE_S = 78.725875  # long_en.ogg's length (PyAV): a clip of k * SOURCE_S is k whole loops
+#: What long_en.ogg says (scripts/make_fixtures.sh speaks it with espeak-ng).
+SOURCE_SCRIPT = (
+    "".join(
+        f"Paragraph {n}. The library opens at nine in the morning and closes at five in the "
+        "evening. Visitors can borrow books, read newspapers, and use the computers for free. "
+        for n in ("one", "two", "three", "four", "five", "six", "seven")
+    )
+    + "This is the end of the long recording."
+)
 
 
 def _speech() -> np.ndarray:

@@ -61,3 +61,27 @@ def _distance(ref: list[str], hyp: list[str]) -> int:
         np.minimum(row[:-1] + (ref_ids != ids), row[1:] + 1, out=best[1:])
         row = np.minimum.accumulate(best - steps) + steps
     return int(row[-1])
+
+
+def edit_counts(reference: str, hypothesis: str) -> tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of one minimal word alignment, after
+    `normalise`; of the alignments as short as it, the one with fewest deletions and
+    insertions. A word misheard is a substitution; a word lost at a cut is a deletion, a
+    word heard twice across one an insertion: the two kinds tell a weak model from a
+    bad cut."""
+    ref, hyp = normalise(reference), normalise(hypothesis)
+    # Each cell: (edits, deletions + insertions, substitutions, deletions, insertions).
+    prev = [(j, j, 0, 0, j) for j in range(len(hyp) + 1)]
+    for i in range(1, len(ref) + 1):
+        row = [(i, i, 0, i, 0)]
+        for j in range(1, len(hyp) + 1):
+            e, g, s, d, n = prev[j - 1]
+            diag = (e, g, s, d, n) if ref[i - 1] == hyp[j - 1] else (e + 1, g, s + 1, d, n)
+            e, g, s, d, n = prev[j]
+            up = (e + 1, g + 1, s, d + 1, n)
+            e, g, s, d, n = row[j - 1]
+            left = (e + 1, g + 1, s, d, n + 1)
+            row.append(min(diag, up, left))
+        prev = row
+    _, _, s, d, n = prev[-1]
+    return s, d, n
