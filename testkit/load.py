@@ -242,7 +242,12 @@ async def steady_load(
 
 
 async def transcribe(
-    base_url: str, model: str, audio: bytes, timeout_s: float = 600, **fields: str
+    base_url: str,
+    model: str,
+    audio: bytes,
+    timeout_s: float = 600,
+    headers: dict[str, str] | None = None,
+    **fields: str,
 ) -> tuple[int, str, str]:
     """One upload to /v1/audio/transcriptions with `fields` beside it: status, content
     type and body, whatever they are."""
@@ -253,6 +258,6 @@ async def transcribe(
         form.add_field(name, value)
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s,
-        s.post(f"{base_url}/v1/audio/transcriptions", data=form) as r,
+        s.post(f"{base_url}/v1/audio/transcriptions", data=form, headers=headers) as r,
     ):
         return r.status, r.headers.get("content-type", ""), await r.text()

@@ -65,6 +65,7 @@ def example_config(workdir: Path) -> tuple[dict[str, Any], int, int]:
     doc = yaml.safe_load(EXAMPLE.read_text())
     for plane in ("listener", "envoy_admin", "xds", "admin"):
         doc[plane]["port"] = free_port()
+    doc["long_audio"]["splitter"]["port"] = free_port()
     ports = {}
     for b in doc["backends"]:
         b["url"] = f"http://127.0.0.1:{free_port()}"

@@ -9,6 +9,7 @@ meets vLLM; it takes the traffic when vLLM is killed (the last test).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from testkit.load import run_load
 from testkit.procs import ROOT, free_port
 from testkit.stack import WHISPER_GATEWAY, Tree, curl, wait_until
 from testkit.vllm import BASE, READY_S, VllmStack
+from testkit.wer import word_error_rate
 
 # The first run on a machine builds vLLM's venv (about 2 min) before vLLM loads (1 min).
 pytestmark = pytest.mark.timeout(1500)
@@ -254,6 +256,62 @@ def test_segments_cover_long_audio_or_the_answer_says_so(
     assert spans, body
     assert min(s for s, _ in spans) <= WINDOW_S
     assert duration - max(e for _, e in spans) <= WINDOW_S
+
+
+@pytest.fixture(scope="module")
+def split_answers(
+    stack: VllmStack, long_clip: tuple[bytes, float]
+) -> dict[str, tuple[int, str, str]]:
+    """The long clip split (x-long-audio: split) in the formats one vLLM request cannot
+    give whole, sent at once."""
+    clip, _ = long_clip
+    formats = ("srt", "vtt", "verbose_json")
+
+    async def run() -> list[tuple[int, str, str]]:
+        return await asyncio.gather(
+            *(
+                load.transcribe(
+                    stack.gw.url, BASE, clip, response_format=f, language="en",
+                    headers={"x-long-audio": "split"},
+                )
+                for f in formats
+            )
+        )  # fmt: skip
+
+    return dict(zip(formats, asyncio.run(run()), strict=True))
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt", "verbose_json"])
+def test_split_long_audio_is_whole_through_vllm(
+    split_answers: dict[str, tuple[int, str, str]],
+    long_answers: dict[str, tuple[int, str, str]],
+    long_clip: tuple[bytes, float],
+    fmt: str,
+) -> None:
+    """Pieces of at most one window each: vLLM's segments cover every piece, so the
+    stitched answer covers the whole clip and says what the whole json says."""
+    _, duration = long_clip
+    status, _, body = split_answers[fmt]
+    assert status == 200, body
+    if fmt == "verbose_json":
+        doc = json.loads(body)
+        assert doc["duration"] == pytest.approx(duration, abs=0.05)
+        spans = [(s["start"], s["end"]) for s in doc["segments"]]
+        text = doc["text"]
+    else:
+        stamps = re.findall(r"(\d\d:\d\d:\d\d[.,]\d\d\d) --> (\d\d:\d\d:\d\d[.,]\d\d\d)", body)
+        spans = [(_seconds(a), _seconds(b)) for a, b in stamps]
+        text = " ".join(
+            line for line in body.splitlines()
+            if line and "-->" not in line and not line.isdigit() and line != "WEBVTT"
+        )  # fmt: skip
+    assert len(spans) >= 3 and spans[0][0] < 5 and spans[-1][1] > duration - 10, spans
+    # No gap longer than a piece's silence allowance between consecutive cues.
+    assert all(b[0] - a[1] < 10 for a, b in itertools.pairwise(spans)), spans
+    # vLLM decodes with timestamps for these formats, so its words differ a little from
+    # json's; a lost piece (a third of the clip) would cost 30 points.
+    whole = json.loads(long_answers["json"][2])["text"]
+    assert word_error_rate(whole, text) < 0.15, (whole, text)
 
 
 def test_metrics_carry_vllms_own_running_count(
