@@ -82,9 +82,11 @@ async def wait_backend(sup: Supervisor, spec: ChildSpec) -> None:
         say(f"{spec.name} is not ready; see {spec.name}.log", err=True)
 
 
-def splitter_spec(config_path: Path) -> ChildSpec:
-    """The long-audio splitter (long_audio: in the config), reading the same file."""
-    return ChildSpec("splitter", (sys.executable, "-m", "long_audio", "--config", str(config_path)))
+def splitter_spec(config_path: Path, run_dir: Path) -> ChildSpec:
+    """The long-audio splitter (long_audio: in the config), reading the same file; its
+    spool in the run folder, so a restart clears what a killed one left."""
+    argv = (sys.executable, "-m", "long_audio", "--config", str(config_path))
+    return ChildSpec("splitter", (*argv, "--spool-dir", str(run_dir / "splitter-spool")))
 
 
 def control_plane_spec(opts: Options, config_path: Path) -> ChildSpec:
@@ -124,7 +126,7 @@ async def run(opts: Options, run_dir: Path) -> int:
         for spec in backends:
             await sup.start(spec)
         if config.long_audio is not None:
-            await sup.start(splitter_spec(config_path))
+            await sup.start(splitter_spec(config_path, run_dir))
         await sup.start(control_plane_spec(opts, config_path))
         admin = f"http://{config.admin.address}:{config.admin.port}"
         if config.admin.unix_socket:  # the banner shows how to reach it

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -39,7 +41,11 @@ def settings_of(config: GatewayConfig, spool_dir: str | None = None) -> Settings
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m long_audio", description=__doc__)
     p.add_argument("--config", required=True, help="the gateway's YAML config")
-    p.add_argument("--spool-dir", help="where uploads are spooled (default: the system's temp)")
+    p.add_argument(
+        "--spool-dir",
+        help="where uploads are spooled, this splitter's alone: what a killed splitter left "
+        "there is removed at start (default: the system's temporary folder)",
+    )
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     logging.basicConfig(
@@ -52,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"long_audio: {e}", file=sys.stderr)
         return 2
     assert config.long_audio is not None
+    if a.spool_dir:
+        spool = Path(a.spool_dir)
+        spool.mkdir(parents=True, exist_ok=True)
+        for leftover in spool.glob("whisper-split-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     where = config.long_audio.splitter
     web.run_app(
         Splitter(settings).app(),

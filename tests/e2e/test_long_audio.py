@@ -14,7 +14,6 @@ import asyncio
 import json
 import math
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,8 +58,9 @@ class Stack:
         return curl(*args, self.url, timeout=300)
 
 
-def spools() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("whisper-split-*")}
+def spools(stack: Stack) -> set[str]:
+    """What the splitter has spooled (the supervisor gives it a folder in the run dir)."""
+    return {p.name for p in (stack.tree.run_dir() / "splitter-spool").glob("whisper-split-*")}
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +258,7 @@ def test_without_the_header_or_below_the_size_nothing_is_split(
 
 
 async def test_a_client_that_leaves_cancels_its_pieces_and_leaves_no_file(stack: Stack) -> None:
-    before = spools()
+    assert spools(stack) == set()
     data = aiohttp.FormData()
     data.add_field("model", TINY)
     data.add_field("stream", "true")
@@ -280,6 +280,6 @@ async def test_a_client_that_leaves_cancels_its_pieces_and_leaves_no_file(stack:
 
     # A piece in flight at a backend takes a few seconds; the rest never start.
     wait_until(idle, 30, "pieces still in flight after the client left")
-    wait_until(lambda: spools() <= before, 10, "the splitter left its spool behind")
+    wait_until(lambda: spools(stack) == set(), 10, "the splitter left its spool behind")
     log = (stack.tree.run_dir() / "splitter.log").read_text()
     assert "Traceback" not in log, log[-3000:]
