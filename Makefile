@@ -11,7 +11,7 @@ CONFIG ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,backend]'
+	$(PY) -m pip install -q -e '.[dev,backend,splitter]'
 	touch $(STAMP)
 
 install: $(STAMP)

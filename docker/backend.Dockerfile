@@ -20,6 +20,7 @@ COPY pyproject.toml ./
 COPY control_plane ./control_plane
 COPY gateway_supervisor ./gateway_supervisor
 COPY health ./health
+COPY long_audio ./long_audio
 COPY whisper_backend ./whisper_backend
 RUN pip install '.[backend]'
 

@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1
-# whisper-gateway:0.1.0: the control plane (`python -m control_plane`) and its
-# `bootstrap` tool, from a regular (non-editable) `pip install .`.
+# whisper-gateway:0.1.0: the control plane (`python -m control_plane`), its `bootstrap`
+# tool and the long-audio splitter (`python -m long_audio`), from a regular
+# (non-editable) `pip install .[splitter]`.
 #
 #   docker build -f docker/gateway.Dockerfile -t whisper-gateway:0.1.0 .
 #
 # Build context: the repository root; .dockerignore lets in only pyproject.toml and
-# the four packages. compose/docker-compose.yml builds it the same way.
+# the five packages. compose/docker-compose.yml builds it the same way.
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
@@ -17,8 +18,9 @@ COPY pyproject.toml ./
 COPY control_plane ./control_plane
 COPY gateway_supervisor ./gateway_supervisor
 COPY health ./health
+COPY long_audio ./long_audio
 COPY whisper_backend ./whisper_backend
-RUN pip install .
+RUN pip install ".[splitter]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \

@@ -7,20 +7,23 @@ There is no Docker engine on the build machine. What is checked instead:
    mounted compose/gateway.yaml with the control plane's own loader;
 2. what ties the files together: Envoy's command is `envoy_command()`'s, every backend
    URL names a service on the port its command listens on, the images' Dockerfiles
-   carry the commands and healthchecks the services use, and the build context
-   (.dockerignore + COPY) holds every file `pip install .` installs;
+   carry the commands and healthchecks the services use (and the gateway image what
+   the splitter imports), and the build context (.dockerignore + COPY) holds every
+   file `pip install .` installs; the splitter in Envoy's network namespace;
 3. the cpu-profile services' own commands, arguments, environment and healthchecks,
    read from the compose file and started as local processes with the mounted config
    (envoy-bootstrap first; then control-plane and the backends, one process per
-   service, not per replica; Envoy once its `depends_on` conditions hold), then the
-   README's requests through Envoy's listener, with the client key from compose/.env
-   (and without it: 401, while /health and /version still answer).
+   service, not per replica; Envoy, then the splitter, once their `depends_on`
+   conditions hold), then the README's requests through Envoy's listener, with the
+   client key from compose/.env (and without it: 401, while /health and /version still
+   answer), and one long upload split into pieces by the splitter.
 
 In 3, this is the only rewriting, all of it mechanical:
 - addresses: each service gets its own loopback address (127.0.0.x). A service name
   (`--xds-host control-plane`, a backend URL's host) becomes that address, and so does
   a service's own address inside its container (0.0.0.0 / 127.0.0.1 in the config,
-  `--host`, healthchecks);
+  `--host`, healthchecks). A service with `network_mode: service:X` (the splitter, in
+  Envoy's namespace) has X's address and ports: 127.0.0.1 in it means X's;
 - ports: each (service, port inside its container) becomes a free port, in the same
   places. Both are applied to a rewritten copy of compose/gateway.yaml, which is what
   the services get at the config's mount path;
@@ -35,14 +38,18 @@ do not resolve, as under `docker compose up` without `--profile gpu`.
 
 from __future__ import annotations
 
+import ast
 import copy
+import importlib.metadata
 import io
 import itertools
 import json
 import re
 import shutil
 import subprocess
+import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 import uuid
@@ -54,10 +61,12 @@ from urllib.parse import urlsplit
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from control_plane.config.parse import load_config, parse_config
 from control_plane.ir.security import load_security
 from control_plane.xds.bootstrap import ENVOY, envoy_command
+from testkit.clips import make_clip
 from testkit.procs import FIXTURES, PYTHON, ROOT, Proc, free_port
 
 COMPOSE_DIR = ROOT / "compose"
@@ -157,12 +166,24 @@ def role(svc: dict[str, Any]) -> str:
         return "envoy"
     if argv[:3] == ["python", "-m", "control_plane"]:
         return "bootstrap" if "bootstrap" in argv else "control-plane"
+    if argv[:3] == ["python", "-m", "long_audio"]:
+        return "splitter"
     return argv[0]
 
 
 def service_with(doc: dict[str, Any], wanted: str) -> str:
     (name,) = [n for n, s in doc["services"].items() if role(s) == wanted]
     return name
+
+
+def netns(name: str, svc: dict[str, Any]) -> str:
+    """The service whose network namespace `name` runs in: its own, or X's for
+    `network_mode: service:X`."""
+    mode = svc.get("network_mode")
+    if mode is None:
+        return name
+    assert mode.startswith("service:"), f"{name}: network_mode {mode}"
+    return str(mode.removeprefix("service:"))
 
 
 def config_source(svc: dict[str, Any]) -> tuple[Path, str]:
@@ -296,8 +317,10 @@ def test_gateway_config_loads_and_names_the_services() -> None:
     assert path == COMPOSE_DIR / "gateway.yaml"
     config = load_config(path)
     boot = services[service_with(doc, "bootstrap")]
-    assert config_source(boot) == (path, target), "both gateway services read one config"
-    for svc in (services[cp_name], boot):
+    splitter = services[service_with(doc, "splitter")]
+    for svc in (boot, splitter):
+        assert config_source(svc) == (path, target), "the gateway services read one config"
+    for svc in (services[cp_name], boot, splitter):
         assert f"./gateway.yaml:{target}:ro" in svc["volumes"], "mounted read-only"
 
     # Reachable from the other containers; Envoy's admin only inside its own.
@@ -328,6 +351,43 @@ def test_gateway_config_loads_and_names_the_services() -> None:
     assert argv_of(services["vllm-small"])[:3] == ["vllm", "serve", "openai/whisper-small"]
     gpu = services["vllm-small"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu[0]["capabilities"] == ["gpu"]
+
+
+def test_splitter_shares_envoys_network() -> None:
+    """Long audio is on for the cpu profile's models. The splitter listens where the
+    config says (Envoy's cluster for it is a static IP) and sends pieces to the
+    listener on 127.0.0.1: both hold only in Envoy's network namespace."""
+    doc = compose()
+    services = doc["services"]
+    config = load_config(config_source(services[service_with(doc, "control-plane")])[0])
+    envoy_name, name = service_with(doc, "envoy"), service_with(doc, "splitter")
+    splitter = services[name]
+    assert config.long_audio is not None
+    cpu_models = {
+        m
+        for b in config.backends
+        if "cpu" in services[b.host].get("profiles", [])
+        for m in b.models
+    }
+    assert set(config.long_audio.models) == cpu_models == {TINY, BASE}
+    where = config.long_audio.splitter
+    assert where.address == "127.0.0.1", "loopback of Envoy's namespace, not published"
+    assert argv_of(splitter) == [
+        "python",
+        "-m",
+        "long_audio",
+        "--config",
+        config_source(splitter)[1],
+    ]
+    assert netns(name, splitter) == envoy_name
+    assert splitter["depends_on"] == {envoy_name: {"condition": "service_started", "restart": True}}
+    assert "ports" not in splitter and "expose" not in splitter and "networks" not in splitter
+    # Up whenever the gateway services are: the config's split route names it.
+    assert "profiles" not in splitter and "profiles" not in services[envoy_name]
+    # Its healthcheck asks its own /health and the listener, both on Envoy's loopback.
+    check = " ".join(str(a) for a in splitter["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{where.port}/health" in check
+    assert f"http://127.0.0.1:{config.listener.port}/version" in check
 
 
 def test_envoy_command_and_dependencies_are_the_codes() -> None:
@@ -382,9 +442,12 @@ def test_dockerfiles_carry_what_the_services_run() -> None:
         *build_stages, final = files[image]
         assert final[0] == ("FROM", "python:3.11-slim"), image
         runs = [a for st in build_stages for i, a in st if i == "RUN"]
-        # The gateway without the ML stack, the backend with its extra.
+        # The gateway without the ML stack (the splitter's decoder only), the backend
+        # with its extra.
         want = (
-            "pip install ." if image.startswith("whisper-gateway") else "pip install '.[backend]'"
+            'pip install ".[splitter]"'
+            if image.startswith("whisper-gateway")
+            else "pip install '.[backend]'"
         )
         assert want in runs, f"{image}: a regular, non-editable install ({want})"
         assert not any("-e" in r.split() for r in runs if "pip install" in r)
@@ -407,6 +470,65 @@ def test_dockerfiles_carry_what_the_services_run() -> None:
     assert index and index[0] > user_at
     envs = " ".join(a for i, a in final if i == "ENV")
     assert "WHISPER_GATEWAY_CACHE=" in envs and "HF_HUB_OFFLINE=1" in envs
+
+
+def installed_by(runs: list[str]) -> set[str]:
+    """The distributions `pip install .` / `pip install '.[extra]'` in `runs` brings:
+    pyproject's requirements and theirs, read from this venv's metadata."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = {
+        e.strip()
+        for r in runs
+        for group in re.findall(r"\.\[([^\]]+)\]", r)
+        for e in group.split(",")
+    }
+    todo = [
+        *project["dependencies"],
+        *(d for e in extras for d in project["optional-dependencies"][e]),
+    ]
+    seen: set[str] = set()
+    while todo:
+        req = Requirement(todo.pop())
+        name = req.name.lower().replace("_", "-")
+        if name in seen or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        todo.extend(importlib.metadata.requires(req.name) or [])
+    return seen
+
+
+def test_gateway_image_carries_the_splitter() -> None:
+    """The splitter service runs `python -m long_audio` in the gateway image: its build
+    context and COPY must hold the package, and its `pip install` must bring every
+    distribution the package imports."""
+    doc = compose()
+    services = doc["services"]
+    splitter = services[service_with(doc, "splitter")]
+    (build,) = [
+        s["build"] for s in services.values() if s["image"] == splitter["image"] and "build" in s
+    ]
+    *build_stages, _ = stages(dockerfile(ROOT / build["dockerfile"]))
+    copied = {a.split()[0] for st in build_stages for i, a in st if i == "COPY"}
+    runs = [a for st in build_stages for i, a in st if i == "RUN" and "pip install" in a]
+    missing = []
+    if "long_audio" not in copied or not in_context("long_audio/__main__.py", dockerignore_rules()):
+        missing.append(f"the long_audio package (COPY in {build['dockerfile']}, .dockerignore)")
+    modules = set()
+    for path in (ROOT / "long_audio").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    dists = importlib.metadata.packages_distributions()
+    have = installed_by(runs)
+    for module in sorted(modules - set(sys.stdlib_module_names) - {"long_audio", "control_plane"}):
+        names = {d.lower().replace("_", "-") for d in dists[module]}
+        if not names & have:
+            missing.append(f"{'/'.join(sorted(names))} (long_audio imports {module})")
+    assert not missing, f"{splitter['image']} cannot run the splitter; it lacks: " + "; ".join(
+        missing
+    )
 
 
 @pytest.mark.parametrize("name", ["gateway.Dockerfile", "backend.Dockerfile"])
@@ -443,7 +565,9 @@ def test_build_context_holds_every_installed_file(name: str, tmp_path: Path) -> 
         return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
 
     from_context = installed(context, tmp_path / "lib")
-    packages = ("control_plane", "gateway_supervisor", "health", "whisper_backend")
+    # Every package the wheel has (setuptools' include list), not a list of our own.
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = [p.rstrip("*") for p in include["packages"]["find"]["include"]]
     in_checkout = {
         p.relative_to(ROOT).as_posix()
         for pkg in packages
@@ -517,6 +641,9 @@ def local_config(raw: dict[str, Any], net: Net, envoy: str, cp: str) -> dict[str
     for key, owner in (("listener", envoy), ("envoy_admin", envoy), ("xds", cp), ("admin", cp)):
         hp = cfg[key]
         cfg[key] = {"address": net.own(owner, hp["address"]), "port": net.port(owner, hp["port"])}
+    if "long_audio" in cfg:  # the splitter, in Envoy's namespace
+        hp = cfg["long_audio"]["splitter"]
+        hp.update(address=net.own(envoy, hp["address"]), port=net.port(envoy, hp["port"]))
     for backend in cfg["backends"]:
         url = urlsplit(backend["url"])
         if url.hostname in net.ip:
@@ -547,7 +674,7 @@ def local_paths(
 
 
 def local_argv(name: str, svc: dict[str, Any], net: Net, paths: dict[str, Path]) -> list[str]:
-    argv = argv_of(svc)
+    argv, name = argv_of(svc), netns(name, svc)
     out = [PROGRAMS[argv[0]]]
     for prev, arg in itertools.pairwise(argv):
         if prev == "--host":
@@ -568,6 +695,7 @@ def local_healthcheck(name: str, svc: dict[str, Any], net: Net) -> list[str]:
     program = PROGRAMS.get(test[1]) or shutil.which(test[1])
     assert program, f"{name}: healthcheck program {test[1]} not found"
     own = re.compile(r"127\.0\.0\.1([:/])(\d+)")
+    name = netns(name, svc)
     return [program] + [
         own.sub(lambda m: f"{net.ip[name]}{m[1]}{net.port(name, int(m[2]))}", a) for a in test[2:]
     ]
@@ -661,8 +789,10 @@ def test_cpu_services_run_as_processes_and_serve(tmp_path: Path) -> None:
     doc = compose()
     services = cpu_services(doc)
     cp, envoy = service_with(doc, "control-plane"), service_with(doc, "envoy")
-    assert set(services) == {"envoy-bootstrap", cp, envoy, "whisper-tiny", "whisper-base"}
-    net = Net({name: f"127.0.0.{21 + i}" for i, name in enumerate(sorted(services))})
+    splitter = service_with(doc, "splitter")
+    assert set(services) == {"envoy-bootstrap", cp, envoy, splitter, "whisper-tiny", "whisper-base"}
+    own_net = sorted(n for n, s in services.items() if netns(n, s) == n)
+    net = Net({name: f"127.0.0.{21 + i}" for i, name in enumerate(own_net)})
 
     config_file, config_target = config_source(services[cp])
     config = load_config(config_file)
@@ -699,10 +829,14 @@ def test_cpu_services_run_as_processes_and_serve(tmp_path: Path) -> None:
             start(name)
         for name in rest:
             wait_healthy(name, local_healthcheck(name, services[name], net), procs[name], 120)
-        for name in waiting:
+        for name in waiting:  # in the file's order: Envoy, then the splitter
             for dep, cond in services[name]["depends_on"].items():
-                assert cond["condition"] in ("service_healthy", "service_completed_successfully")
-                assert dep in (one_shots + rest), f"{name} waits for {dep}"
+                assert cond["condition"] in (
+                    "service_healthy",
+                    "service_completed_successfully",
+                    "service_started",
+                )
+                assert dep in procs, f"{name} waits for {dep}, not started yet"
             start(name)
             wait_healthy(name, local_healthcheck(name, services[name], net), procs[name], 60)
 
@@ -770,6 +904,20 @@ def test_cpu_services_run_as_processes_and_serve(tmp_path: Path) -> None:
 
         models = {m["id"] for m in get_json(f"{listener}/v1/models", auth)["data"]}
         assert {TINY, BASE} <= models
+
+        # Long audio: 90 s (2.9 MB, above min_upload_mb) asked to split goes to the
+        # splitter, whose pieces come back through the listener to whisper-tiny.
+        status, headers, body = post_form(
+            f"{listener}/v1/audio/transcriptions",
+            make_clip(tmp_path / "long.wav", 90),
+            {**auth, "x-long-audio": "split"},
+            model=TINY,
+            response_format="json",
+            language="en",
+        )
+        assert status == 200, body[:500]
+        assert int(headers["x-long-audio-pieces"]) >= 3, headers
+        assert len(json.loads(body)["text"].split()) > 100
     except Exception as e:
         raise AssertionError(f"{e}\n{logs()}") from e
     finally:

@@ -13,25 +13,27 @@ There is no cluster on the build machine. What is checked instead:
    probes' ports, the bootstrap path and the mounted config path agree; every backend
    URL is `<headless Service>.<namespace>.svc.cluster.local` on the Service's port,
    whose Deployment serves that model on that port; the gateway pod's order (init,
-   native sidecar, Envoy), security context, drain and grace period;
+   native sidecars control-plane and splitter, Envoy), security context, drain and
+   grace period; the splitter where the config's long_audio says, probed by exec;
 3. the cpu overlay's pods as local processes: the gateway Deployment's containers
    with their own command, args and env (the bootstrap init container to completion,
-   then the control-plane sidecar until its startupProbe passes, then Envoy until its
-   readinessProbe passes), one process per backend Deployment (until its
-   readinessProbe passes); then the README's requests through Envoy's listener with
-   the Secret's client key (without it: 401; /health and /version need none),
-   Prometheus's scrape of /metrics with its own key, a key rotated by updating the
-   Secret volume as the kubelet does (no restart), and the preStop drain with a
-   request in flight. The sidecar variant's bootstrap init container runs too.
+   then the control-plane sidecar until its startupProbe passes, then the splitter
+   sidecar and Envoy until their readinessProbes pass), one process per backend
+   Deployment (until its readinessProbe passes); then the README's requests through
+   Envoy's listener with the Secret's client key (without it: 401; /health and
+   /version need none), Prometheus's scrape of /metrics with its own key, a key
+   rotated by updating the Secret volume as the kubelet does (no restart), one long
+   upload split by the splitter, and the preStop drain with a request in flight. The
+   sidecar variant's bootstrap init container and splitter sidecar run too.
 
 In 3, this is the only rewriting, all of it mechanical:
 - addresses: each backend's headless Service name becomes its own loopback address
   (127.0.0.10, .11, ...), which its pod binds instead of 0.0.0.0 (`--host`); the
   gateway pod's 0.0.0.0 listener becomes 127.0.0.1;
 - ports: each port becomes a free port: in a rewritten copy of the ConfigMap's
-  gateway.yaml (listener, envoy_admin, xds, admin, backend URLs), the backends'
-  `--port`, and the env values that name the config's ports (ENVOY_ADMIN_PORT,
-  ADMIN_HEALTHZ);
+  gateway.yaml (listener, envoy_admin, xds, admin, long_audio.splitter, backend
+  URLs), the backends' `--port`, and the env values that name the config's ports
+  (ENVOY_ADMIN_PORT, ADMIN_HEALTHZ, SPLITTER_HEALTH);
 - paths: a volume's mount path becomes a temporary folder (a ConfigMap volume holds
   the ConfigMap's files, mode included; a Secret volume its files laid out as the
   kubelet's atomic writer does, `..data` symlinks included; an emptyDir starts
@@ -73,6 +75,7 @@ from control_plane.ir.security import load_clients
 from control_plane.names import XDS_CLUSTER
 from control_plane.xds.bootstrap import ENVOY, envoy_command
 from testkit import kustomize
+from testkit.clips import make_clip
 from testkit.procs import FIXTURES, PYTHON, ROOT, Proc, free_port, wait_http
 
 K8S = ROOT / "k8s"
@@ -406,6 +409,37 @@ def check_backends(cfg: GatewayConfig, objs: list[Obj]) -> None:
         )
 
 
+def check_splitter(spec: Obj, c: Obj, config_volume: str, cfg: GatewayConfig) -> None:
+    """The long-audio splitter: a native sidecar of Envoy's pod, reading the mounted
+    config, probed by exec on the config's long_audio.splitter (loopback: an httpGet
+    probe dials the pod IP)."""
+    assert cfg.long_audio is not None, "a splitter container, but no long_audio in the config"
+    assert set(cfg.long_audio.models) <= set(cfg.models)
+    where = cfg.long_audio.splitter
+    assert where.address == "127.0.0.1", "Envoy's cluster for it is a static IP in the pod"
+    assert c["restartPolicy"] == "Always", "a native sidecar: it stops after Envoy"
+    config_path = f"{mount_path(c, config_volume)}/gateway.yaml"
+    assert argv_of(c) == ["python", "-m", "long_audio", "--config", config_path]
+    assert env_of(c)["SPLITTER_HEALTH"] == f"http://{where.address}:{where.port}/health"
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = c[probe]["exec"]["command"]
+        assert command[:2] == ["python", "-c"] and "SPLITTER_HEALTH" in command[2], probe
+    assert "startupProbe" not in c, "Envoy need not wait for it"
+    # Its temporary folder (the spool) is an emptyDir of its own, not the pod's small /tmp.
+    (spool,) = [m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (vol,) = [v for v in spec["volumes"] if v["name"] == spool]
+    assert "emptyDir" in vol and quantity_bytes(vol["emptyDir"]["sizeLimit"]) >= 2**30
+    others = [o for o in [*spec["initContainers"], *spec["containers"]] if o is not c]
+    assert not any(spool in {m["name"] for m in o.get("volumeMounts", [])} for o in others)
+
+
+def quantity_bytes(q: str) -> int:
+    """A Kubernetes quantity with a binary suffix (as the manifests write them), in bytes."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti)", q)
+    assert m, q
+    return int(m[1]) * {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[m[2]]
+
+
 def check_restricted(spec: Obj, where: str) -> None:
     assert spec["securityContext"]["runAsNonRoot"] is True, where
     assert spec["securityContext"]["runAsUser"] != 0, where
@@ -431,11 +465,15 @@ def test_gateway_pod_matches_the_code(overlay: str, tmp_path: Path) -> None:
     assert cm["metadata"]["name"].endswith(kustomize.config_map_hash(cm["data"]))
     cfg = gateway_config(cm)
 
-    # Order: a plain init container, then the control plane as a native sidecar, then Envoy.
-    init, sidecar = spec["initContainers"]
+    # Order: a plain init container, then the control plane and the splitter as native
+    # sidecars (they stop after Envoy, in reverse: the splitter first), then Envoy.
+    init, sidecar, splitter = spec["initContainers"]
     (envoy,) = spec["containers"]
-    assert (init["name"], sidecar["name"], envoy["name"]) == ("bootstrap", "control-plane", "envoy")
+    names = (init["name"], sidecar["name"], splitter["name"], envoy["name"])
+    assert names == ("bootstrap", "control-plane", "splitter", "envoy")
     assert "restartPolicy" not in init and sidecar["restartPolicy"] == "Always"
+    check_splitter(spec, splitter, "config", cfg)
+    assert mount_path(splitter, "config") == mount_path(sidecar, "config")
 
     config_path = f"{mount_path(sidecar, 'config')}/gateway.yaml"
     assert argv_of(init) == [
@@ -494,7 +532,7 @@ def test_gateway_pod_matches_the_code(overlay: str, tmp_path: Path) -> None:
     assert cfg.api_keys is not None and cfg.api_keys.env == ()
     vol, _ = api_keys_secret(objs, dep, cfg)
     assert vol["secret"]["defaultMode"] == 0o440
-    for c in (init, envoy):
+    for c in (init, splitter, envoy):
         assert vol["name"] not in {m["name"] for m in c.get("volumeMounts", [])}, c["name"]
     (mount,) = [m for m in sidecar["volumeMounts"] if m["name"] == vol["name"]]
     assert "subPath" not in mount and mount["readOnly"] is True
@@ -503,7 +541,7 @@ def test_gateway_pod_matches_the_code(overlay: str, tmp_path: Path) -> None:
     assert all("REPLACE-ME" in k for k in keys.values())
     # What checks the pod without a key asks the admin APIs (exec), never the listener;
     # an httpGet there would need /health or /version, the only routes without a key.
-    for c in (init, sidecar, envoy):
+    for c in (init, sidecar, splitter, envoy):
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             action = c.get(probe) or {}
             assert "tcpSocket" not in action, f"{c['name']} {probe}"
@@ -588,9 +626,16 @@ def test_sidecar_variant(tmp_path: Path) -> None:
     client = one(objs, "Deployment", "example-client")
     spec = pod_spec(client)
     check_restricted(spec, "sidecar/example-client")
-    init, envoy = spec["initContainers"]
+    # The splitter before Envoy, so it stops after it (sidecars stop in reverse).
+    init, splitter, envoy = spec["initContainers"]
+    assert (init["name"], splitter["name"], envoy["name"]) == (
+        "envoy-bootstrap",
+        "splitter",
+        "envoy",
+    )
     assert "restartPolicy" not in init and envoy["restartPolicy"] == "Always"
     assert config_map_of(objs, client, "gateway-config") == config_map_of(objs, xds, "config")
+    check_splitter(spec, splitter, "gateway-config", cfg)
     xds_host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.{CLUSTER_DOMAIN}"
     assert flag(argv_of(init), "--xds-host") == xds_host
     bootstrap = Path(flag(argv_of(init), "--output"))
@@ -611,6 +656,22 @@ def test_sidecar_variant(tmp_path: Path) -> None:
         "address": xds_host,
         "port_value": port["port"],
     }
+
+    # Its splitter sidecar, run: up and answering its probes (on a free port here).
+    assert cfg.long_audio is not None
+    free, old = free_port(), cfg.long_audio.splitter.port
+    config_file = Path(pod.local(splitter, flag(argv_of(splitter), "--config")))
+    doc = yaml.safe_load(config_file.read_text())
+    doc["long_audio"]["splitter"]["port"] = free
+    config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    pod.env_rewrites[env_of(splitter)["SPLITTER_HEALTH"]] = f"http://127.0.0.1:{free}/health"
+    assert str(old) in env_of(splitter)["SPLITTER_HEALTH"]
+    proc = pod.proc(splitter, "splitter").start()
+    try:
+        pod.wait_exec(splitter, splitter["readinessProbe"], proc, timeout=30)
+        assert pod.run_exec(splitter, splitter["livenessProbe"]).returncode == 0
+    finally:
+        proc.stop()
 
 
 # ---------------------------------------------------------------- 3. pods as processes
@@ -827,6 +888,9 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
         doc[key] = {"address": "127.0.0.1", "port": new}
         env_rewrites[str(old)] = str(new)
         env_rewrites[f"http://127.0.0.1:{old}/healthz"] = f"http://127.0.0.1:{new}/healthz"
+    old, new = doc["long_audio"]["splitter"]["port"], free_port()
+    doc["long_audio"]["splitter"] = {"address": "127.0.0.1", "port": new}
+    env_rewrites[f"http://127.0.0.1:{old}/health"] = f"http://127.0.0.1:{new}/health"
     for b in doc["backends"]:
         u = urlsplit(b["url"])
         assert u.hostname is not None
@@ -835,7 +899,7 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
         b["url"] = f"http://{ip}:{port}"
     pod = Pod(tmp_path, gateway, objs, env_rewrites=env_rewrites)
     spec = pod_spec(gateway)
-    init, sidecar = spec["initContainers"]
+    init, sidecar, splitter = spec["initContainers"]
     (envoy,) = spec["containers"]
     # The key file: the Secret volume's folder, as mounted into the control plane.
     doc["api_keys"]["file"] = pod.local(sidecar, doc["api_keys"]["file"])
@@ -851,9 +915,13 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
     cp = pod.proc(sidecar, "control-plane").start()
     procs.append(cp)
     pod.wait_exec(sidecar, sidecar["startupProbe"], cp, timeout=60)
+    split = pod.proc(splitter, "splitter").start()  # no startupProbe: Envoy follows at once
+    procs.append(split)
     proxy = pod.proc(envoy, "envoy").start()
     procs.append(proxy)
     pod.wait_exec(envoy, envoy["readinessProbe"], proxy, timeout=60)
+    pod.wait_exec(splitter, splitter["readinessProbe"], split, timeout=30)
+    assert pod.run_exec(splitter, splitter["livenessProbe"]).returncode == 0
 
     admin = f"http://127.0.0.1:{cfg.admin.port}"
     deadline = time.monotonic() + 30
@@ -914,6 +982,25 @@ def test_cpu_overlay_pods_run_as_processes(tmp_path: Path, procs: list[Proc]) ->
     assert get(f"{url}/v1/models", auth)[0] == 401, "the replaced key still works"
     assert cp.alive() and proxy.alive()
     auth = bearer(rotated)
+
+    # Long audio: 90 s (2.9 MB, above min_upload_mb) asked to split goes to the splitter
+    # sidecar, whose pieces come back through Envoy's listener with the client's key.
+    body, ctype = multipart(
+        {"model": TINY, "response_format": "json", "language": "en"},
+        make_clip(tmp_path / "long.wav", 90),
+    )
+    req = urllib.request.Request(
+        f"{url}/v1/audio/transcriptions",
+        data=body,
+        headers={"Content-Type": ctype, "x-long-audio": "split", **auth},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            pieces, text = r.headers.get("x-long-audio-pieces"), json.loads(r.read())["text"]
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{e.code}: {e.read()[:500]!r}\n{split.log_tail()}") from e
+    assert pieces is not None and int(pieces) >= 3, pieces
+    assert len(text.split()) > 100, text
 
     # preStop with a request in flight: readiness fails at once, responses close their
     # connections, the request completes, the hook returns once nothing is in flight.

@@ -63,10 +63,13 @@ def early_header_mutations() -> list[extension_pb2.TypedExtensionConfig]:
     ]
 
 
-def api_keys_config(model: GatewayModel) -> dict[str, Any]:
+def api_keys_config(model: GatewayModel, keep_key: bool = False) -> dict[str, Any]:
     """The virtual host's keys, enabling the filter the listener holds disabled; {} when
     keys are off. The key is read from `Authorization: Bearer`, the client's name is
-    passed on in CLIENT_HEADER, and the key itself is not (unless configured)."""
+    passed on in CLIENT_HEADER, and the key itself is not (unless configured). With
+    `keep_key` the filter leaves the key in place for the routes after it to decide:
+    the audio route before Lua, since an upload Lua sends to the splitter needs it for
+    its pieces, while every model route removes it (routes.py)."""
     if not keys_on(model):
         return {}
     clients = model.security.clients or ()
@@ -74,7 +77,8 @@ def api_keys_config(model: GatewayModel) -> dict[str, Any]:
         credentials=[api_key_auth_pb2.Credential(key=c.key, client=c.name) for c in clients],
         key_sources=[api_key_auth_pb2.KeySource(header="authorization")],
         forwarding=api_key_auth_pb2.Forwarding(
-            header=CLIENT_HEADER, hide_credentials=not model.edge.forward_client_key
+            header=CLIENT_HEADER,
+            hide_credentials=not (model.edge.forward_client_key or keep_key),
         ),
     )
     return {API_KEY_FILTER: any_of(rc.FilterConfig(config=any_of(keys), disabled=False))}

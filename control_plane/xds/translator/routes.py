@@ -279,6 +279,9 @@ def build_routes(model: GatewayModel, lua: str) -> list[rc.Route]:
                     lua_pb2.LuaPerRoute(source_code=base_pb2.DataSource(inline_string=lua))
                 ),
                 **audio_limits,
+                # The key stays on the request only as far as the route Lua picks: the
+                # model routes remove it, the split route hands it to the splitter.
+                **(api_keys_config(model, keep_key=True) if model.long_audio else {}),
             },
         )
     )
