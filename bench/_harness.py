@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BENCH_RESULTS", ROOT / "bench" / "results"))
 #: Every scenario (its module bench.<name> and its results file <name>.json), in the
 #: order `make bench` runs them: issue 11's seven, then the older crash and push benches,
-#: then issue 17's real-vLLM bench.
+#: then issue 17's real-vLLM bench, then long audio split across the fleet and a file
+#: past real vLLM's 600 s served split.
 SCENARIOS = (
     "backend_rtf",
     "throughput",
@@ -33,6 +34,8 @@ SCENARIOS = (
     "crash",
     "reconciler_push",
     "vllm_real",
+    "long_audio",
+    "vllm_long_audio",
 )
 
 

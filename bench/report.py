@@ -39,6 +39,8 @@ TITLES = {
     "crash": "Backend crash under load",
     "reconciler_push": "Reconciler debounce",
     "vllm_real": "10. Real vLLM: RTF, failover, mixed fleet, load signals",
+    "long_audio": "11. Long audio split across the fleet: speed-up, first event, splitter memory",
+    "vllm_long_audio": "12. Past real vLLM's 600 s: a file vLLM refuses, served split",
 }
 PATH_STYLE = {"direct": ("k", "o"), "gateway": ("C0", "s"), "litellm": ("C3", "^")}
 

@@ -22,6 +22,14 @@ Run as `python testkit/fake_backend.py --mode MODE --port N`. Modes:
                with whisper_backend's form reader, burns --cpu seconds of CPU, waits
                --delay seconds (latency that costs no CPU here, as a GPU's), then answers
                in vLLM's json shape
+  audio_rate   FAKE GPU-like cost (bench): parses the upload with whisper_backend's form
+               reader, takes the WAV's duration (any other file: its size / 32000, 16 kHz
+               mono 16-bit), holds the backend for duration x --rtf seconds (one request
+               at a time, as one GPU: N of them give at most N-fold speed), then answers
+               json / verbose_json as a Whisper server does (a segment per 30 s window,
+               covering the audio; usage in audio seconds) or, with stream=true, a vLLM
+               SSE stream (a delta and a stop per 30 s window, each after its window's
+               time; the usage chunk when stream_include_usage=true; [DONE])
 Each request's headers are kept so a test can read what reached the backend
 (GET /_fake/requests).
 """
@@ -31,9 +39,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import json
+import math
 import re
 import time
+import wave
 
 from aiohttp import web
 
@@ -42,6 +53,8 @@ from whisper_backend.form import read_form
 
 SEEN: list[dict[str, object]] = []
 IN_FLIGHT = {"now": 0, "max": 0}
+#: audio_rate: a Whisper window, the unit the FAKE answers and streams in.
+WINDOW_S = 30.0
 
 
 def _chunk(text: str, finish: str | None = None) -> bytes:
@@ -105,9 +118,67 @@ def _lost_window(body: bytes) -> dict[str, object]:
     }
 
 
+def audio_seconds(data: bytes) -> float:
+    """A WAV's duration from its header; anything else is taken as 16 kHz mono 16-bit."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            return w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError):
+        return len(data) / 32000
+
+
+def _windows(duration: float) -> list[tuple[float, float]]:
+    """[start, end) of each 30 s window of `duration` seconds (one, at least)."""
+    n = max(1, math.ceil(duration / WINDOW_S - 1e-9))
+    return [(i * WINDOW_S, min((i + 1) * WINDOW_S, duration)) for i in range(n)]
+
+
+def _fake_text(start: float, end: float) -> str:
+    """FAKE words naming the window's length: a bench sums them to check coverage."""
+    return f" FAKE {end - start:.3f} s."
+
+
+def _audio_rate_json(fmt: str, duration: float) -> dict[str, object]:
+    windows = _windows(duration)
+    text = "".join(_fake_text(s, e) for s, e in windows)
+    usage = {"type": "duration", "seconds": math.ceil(duration - 1e-9)}
+    if fmt != "verbose_json":
+        return {"text": text, "usage": usage}
+    segments = [
+        {
+            "id": i, "seek": round(s * 100), "start": s, "end": e, "text": _fake_text(s, e),
+            "tokens": [50363, 376, 49434], "temperature": 0.0, "avg_logprob": -0.2,
+            "compression_ratio": 1.2, "no_speech_prob": 0.01,
+        }
+        for i, (s, e) in enumerate(windows)
+    ]  # fmt: skip
+    return {
+        "language": "en",
+        "duration": duration,
+        "text": text,
+        "segments": segments,
+        "words": None,
+        "usage": usage,
+    }
+
+
+def _vllm_chunk(choices: list[dict[str, object]], **extra: object) -> bytes:
+    body = {
+        "id": "transcribe-fake-audio-rate",
+        "object": "transcription.chunk",
+        "created": int(time.time()),
+        "model": "fake",
+        "choices": choices,
+        **extra,
+    }
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
 def make_app(
-    mode: str, delay: float, interval: float, chunks: int, cpu: float = 0.0
+    mode: str, delay: float, interval: float, chunks: int, cpu: float = 0.0, rtf: float = 0.05
 ) -> web.Application:
+    busy = asyncio.Lock()  # audio_rate: one request at a time, as one GPU
+
     async def transcribe(request: web.Request) -> web.StreamResponse:
         IN_FLIGHT["now"] += 1
         IN_FLIGHT["max"] = max(IN_FLIGHT["max"], IN_FLIGHT["now"])
@@ -121,6 +192,8 @@ def make_app(
             return await _echo_form(request)
         if mode == "form_cost":
             return await _form_cost(request)
+        if mode == "audio_rate":
+            return await _audio_rate(request)
         body = await request.read()
         SEEN.append(
             {
@@ -220,6 +293,49 @@ def make_app(
              "usage": {"type": "duration", "seconds": 1}}
         )  # fmt: skip
 
+    async def _audio_rate(request: web.Request) -> web.StreamResponse:
+        # The whole form read as a real backend reads it, then the audio's time on the
+        # one "GPU": the lock is held from the first window to the last event.
+        try:
+            raw = await read_form(request, 1024 * 1024 * 1024)
+        except ApiError as e:
+            return e.response()
+        duration = audio_seconds(raw.file or b"")
+        stream = raw.fields.get("stream", "").lower() == "true"
+        fmt = raw.fields.get("response_format", "json")
+        SEEN.append(
+            {"path": request.path, "bytes": len(raw.file or b""), "seconds": duration,
+             "stream": stream, "response_format": fmt, "received_at": time.time()}
+        )  # fmt: skip
+        if fmt not in ("json", "verbose_json") and not stream:
+            # The gateway asks a backend only for these two (it renders text, srt, vtt).
+            err = {"message": f"FAKE audio_rate answers json and verbose_json, not {fmt}",
+                   "type": "BadRequestError", "param": "response_format", "code": 400}  # fmt: skip
+            return web.json_response({"error": err}, status=400)
+        async with busy:
+            if not stream:
+                await asyncio.sleep(duration * rtf)
+                return web.json_response(_audio_rate_json(fmt, duration))
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            for start, end in _windows(duration):
+                await asyncio.sleep((end - start) * rtf)
+                text = _fake_text(start, end)
+                await resp.write(_vllm_chunk([{"delta": {"content": text}}]))
+                stop: dict[str, object] = {
+                    "delta": {"content": ""}, "finish_reason": "stop", "stop_reason": None
+                }  # fmt: skip
+                await resp.write(_vllm_chunk([stop]))
+            if raw.fields.get("stream_include_usage", "").lower() == "true":
+                seconds = math.ceil(duration - 1e-9)
+                usage = {"prompt_tokens": math.ceil(duration * 100), "completion_tokens": 3,
+                         "total_tokens": math.ceil(duration * 100) + 3,
+                         "type": "duration", "seconds": seconds}  # fmt: skip
+                await resp.write(_vllm_chunk([], usage=usage))
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+
     async def health(_: web.Request) -> web.Response:
         return web.Response()
 
@@ -259,6 +375,7 @@ def main() -> None:
             "error_stream",
             "echo_form",
             "form_cost",
+            "audio_rate",
         ],
     )
     p.add_argument("--host", default="127.0.0.1")
@@ -267,9 +384,15 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--chunks", type=int, default=5)
     p.add_argument("--cpu", type=float, default=0.0, help="form_cost: CPU seconds per request")
+    p.add_argument(
+        "--rtf",
+        type=float,
+        default=0.05,
+        help="audio_rate (FAKE): seconds the backend is held per second of audio",
+    )
     a = p.parse_args()
     web.run_app(
-        make_app(a.mode, a.delay, a.interval, a.chunks, a.cpu),
+        make_app(a.mode, a.delay, a.interval, a.chunks, a.cpu, a.rtf),
         host=a.host,
         port=a.port,
         print=None,
