@@ -82,6 +82,9 @@ def example_config(workdir: Path) -> tuple[dict[str, Any], int, int]:
         # Above vLLM's own 25 MB, so its refusal is what the client meets.
         limits={**doc["limits"], "max_upload_mb": 30},
         public_router_endpoints=True,
+        # vLLM's running count is read this often (30 s by default): a test that watches
+        # it while one clip transcribes (about 8 s) must see a reading taken meanwhile.
+        stats={"engine_interval_s": 1.0},
         edge={"backend_header": True},  # the tests see which backend served
         log_format="json",
     )
