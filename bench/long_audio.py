@@ -48,6 +48,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -511,10 +513,19 @@ def memory_part(stack: Stack, files: Files, plan: Plan) -> dict[str, Any]:
     return out
 
 
-def logs_on_failure(stack: Stack) -> None:
-    print(f"== {stack.name} failed; its logs are in {stack.run_dir}; splitter.log, envoy.log:")
-    for line in stack.log_tail("splitter.log") + stack.log_tail("envoy.log"):
-        print("   ", line)
+@contextmanager
+def running(stack: Stack, ready_s: float = 240.0) -> Iterator[Stack]:
+    """The stack started, stopped however the block ends; on a failure, where its logs
+    are and their last lines."""
+    try:
+        yield stack.start(ready_s)
+    except Exception:
+        print(f"== {stack.name} failed; its logs are in {stack.run_dir}; splitter.log, envoy.log:")
+        for line in stack.log_tail("splitter.log") + stack.log_tail("envoy.log"):
+            print("   ", line)
+        raise
+    finally:
+        stack.stop()
 
 
 def split_only(stack: Stack, n: int, fakes: list[int], files: Files, plan: Plan) -> dict[str, Any]:
@@ -558,30 +569,16 @@ def fake_part(work: Path, files: Files, plan: Plan) -> dict[str, Any]:
             fakes.append(proc)
             ports.append(port)
         for n in plan.fleets:
-            stack = stack_of(f"fake-{n}", n, plan)
-            try:
-                stack.start()
+            with running(stack_of(f"fake-{n}", n, plan)) as stack:
                 arms[str(n)] = fleet_arm(stack, n, ports, files, plan, baseline=n == 1)
                 if n == max(plan.fleets):
                     out["memory"] = memory_part(stack, files, plan)
-            except Exception:
-                logs_on_failure(stack)
-                raise
-            finally:
-                stack.stop()
             print(f"== fleet of {n}: {json.dumps(arms[str(n)]['split_json'])}", flush=True)
         if plan.variant_ppr is not None:
             # The largest fleet again with the default pieces_per_request: figures only.
             n, variant = max(plan.fleets), replace(plan, pieces_per_request=plan.variant_ppr)
-            stack = stack_of(f"fake-{n}-ppr{variant.pieces_per_request}", n, variant)
-            try:
-                stack.start()
-                out["variant"] = split_only(stack, n, ports, files, variant)
-            except Exception:
-                logs_on_failure(stack)
-                raise
-            finally:
-                stack.stop()
+            with running(stack_of(f"fake-{n}-ppr{variant.pieces_per_request}", n, variant)) as st:
+                out["variant"] = split_only(st, n, ports, files, variant)
             print(f"== variant: {json.dumps(out['variant'])}", flush=True)
     finally:
         for proc in fakes:
@@ -632,8 +629,7 @@ def real_part(work: Path, files: Files, plan: Plan) -> dict[str, Any]:
     lang = (("language", "en"),)
     rounds: list[dict[str, Any]] = []
     load_before = os.getloadavg()
-    try:
-        stack.start(ready_s=300)
+    with running(stack, ready_s=300):
         pid = stack.splitter_pid()
         asyncio.run(warm_direct(ports))
         for r in range(plan.real_rounds):
@@ -660,13 +656,6 @@ def real_part(work: Path, files: Files, plan: Plan) -> dict[str, Any]:
                     "order": list(got),
                 }
             )
-    except Exception:
-        print(f"== real part failed; logs in {stack.run_dir}:")
-        for line in stack.log_tail("splitter.log") + stack.log_tail("envoy.log"):
-            print("   ", line)
-        raise
-    finally:
-        stack.stop()
     whole = [x["whole"]["wall_s"] for x in rounds if x["whole"]["ok"]]
     split = [x["split"]["wall_s"] for x in rounds if x["split"]["ok"]]
     wers = [x["wer_split_vs_whole"] for x in rounds if x["wer_split_vs_whole"] is not None]

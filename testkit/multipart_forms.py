@@ -280,7 +280,9 @@ class AioForm:
     fields: dict[str, str] | None
 
 
-def _request(body: bytes, ctype: str) -> web.Request:
+def mocked_request(body: bytes, ctype: str, max_size: int = 64 * 2**20) -> web.Request:
+    """A POST whose body is already received: a server's form reader reads it as from
+    a client, with no socket."""
     stream = streams.StreamReader(mock.Mock(_reading_paused=False), 2**16,
                                   loop=asyncio.get_running_loop())  # fmt: skip
     stream.feed_data(body)
@@ -288,12 +290,12 @@ def _request(body: bytes, ctype: str) -> web.Request:
     headers = {"Content-Type": ctype, "Content-Length": str(len(body))}
     return make_mocked_request(
         "POST", "/v1/audio/transcriptions", headers=headers, payload=stream,
-        client_max_size=64 * 2**20,
+        client_max_size=max_size,
     )  # fmt: skip
 
 
 async def _parts(body: bytes, ctype: str) -> list[tuple[str, bytes]]:
-    reader = await _request(body, ctype).multipart()
+    reader = await mocked_request(body, ctype).multipart()
     out = []
     while (p := await reader.next()) is not None:
         if isinstance(p, BodyPartReader):
@@ -309,7 +311,7 @@ async def aiohttp_form(body: bytes, ctype: str) -> AioForm:
         except Exception:  # any failure: this parser refuses the body
             parts = None
         try:
-            raw = await read_form(_request(body, ctype), 64 * 2**20)
+            raw = await read_form(mocked_request(body, ctype), 64 * 2**20)
             fields: dict[str, str] | None = raw.fields
         except Exception:
             fields = None

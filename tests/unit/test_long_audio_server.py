@@ -8,30 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from unittest import mock
 
 import pytest
-from aiohttp import FormData, streams, web
-from aiohttp.test_utils import make_mocked_request
+from aiohttp import FormData, web
 
 from control_plane.xds.translator.lua import multipart_source
 from long_audio.server import FIELD_MAX, Form, _piece_error, piece_form, read_form
 from testkit import lua
 from testkit.lua import LUA, NO_LUA
-from testkit.multipart_forms import WANTED, aiohttp_form
+from testkit.multipart_forms import WANTED, aiohttp_form, mocked_request
 
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt \r\n--not-a-boundary\r\n\x00\xff"
-
-
-def request(body: bytes, ctype: str) -> web.Request:
-    """A request whose body is already received: read_form reads it as from a client."""
-    stream = streams.StreamReader(mock.Mock(_reading_paused=False), 2**16,
-                                  loop=asyncio.get_running_loop())  # fmt: skip
-    stream.feed_data(body)
-    stream.feed_eof()
-    headers = {"Content-Type": ctype, "Content-Length": str(len(body))}
-    return make_mocked_request("POST", "/v1/audio/transcriptions", headers=headers,
-                               payload=stream, client_max_size=2**30)  # fmt: skip
 
 
 async def encode(data: FormData) -> tuple[bytes, str]:
@@ -58,7 +45,7 @@ def client_form() -> FormData:
 async def test_read_form_keeps_fields_in_order_and_spools_the_file(tmp_path: Path) -> None:
     body, ctype = await encode(client_form())
     upload = tmp_path / "upload"
-    form = await read_form(request(body, ctype), upload, 10_000)
+    form = await read_form(mocked_request(body, ctype), upload, 10_000)
     assert form.fields == [
         ("model", "openai/whisper-tiny.en"),
         ("prompt", 'Café "quoted" \\ ok'),
@@ -79,7 +66,7 @@ async def test_read_form_value_is_the_last_one_sent(tmp_path: Path) -> None:
     for v in ("json", "text"):
         data.add_field("response_format", v)
     data.add_field("file", b"x", filename="a.wav")
-    form = await read_form(request(*await encode(data)), tmp_path / "u", 100)
+    form = await read_form(mocked_request(*await encode(data)), tmp_path / "u", 100)
     assert form.value("response_format") == "text"
 
 
@@ -87,7 +74,7 @@ async def test_read_form_without_a_file(tmp_path: Path) -> None:
     data = FormData(quote_fields=False)
     data.add_field("model", "m")
     data.add_field("x", b"", filename="a.wav")  # a file under another name is no file
-    form = await read_form(request(*await encode(data)), tmp_path / "u", 100)
+    form = await read_form(mocked_request(*await encode(data)), tmp_path / "u", 100)
     assert form.file_at == -1
     assert not (tmp_path / "u").exists()
 
@@ -103,7 +90,7 @@ def raw_form(*parts: tuple[str, bytes], boundary: str = "b0undary") -> tuple[byt
 
 async def test_read_form_file_without_filename_is_called_audio(tmp_path: Path) -> None:
     body, ctype = raw_form(('name="file"', b"abc"), ('name="model"', b"m"))
-    form = await read_form(request(body, ctype), tmp_path / "u", 100)
+    form = await read_form(mocked_request(body, ctype), tmp_path / "u", 100)
     assert (form.file_at, form.filename) == (0, "audio")
     assert form.fields == [("file", ""), ("model", "m")]
     assert (tmp_path / "u").read_bytes() == b"abc"
@@ -112,9 +99,9 @@ async def test_read_form_file_without_filename_is_called_audio(tmp_path: Path) -
 async def test_read_form_refuses_a_file_over_the_limit(tmp_path: Path) -> None:
     body, ctype = await encode(client_form())
     with pytest.raises(web.HTTPRequestEntityTooLarge):
-        await read_form(request(body, ctype), tmp_path / "u", len(WAV) * 3 - 1)
+        await read_form(mocked_request(body, ctype), tmp_path / "u", len(WAV) * 3 - 1)
     # Exactly at the limit is accepted.
-    await read_form(request(body, ctype), tmp_path / "u", len(WAV) * 3)
+    await read_form(mocked_request(body, ctype), tmp_path / "u", len(WAV) * 3)
 
 
 async def test_read_form_refuses_a_long_field(tmp_path: Path) -> None:
@@ -122,14 +109,14 @@ async def test_read_form_refuses_a_long_field(tmp_path: Path) -> None:
     data.add_field("prompt", "p" * (FIELD_MAX + 1))
     data.add_field("file", b"x", filename="a.wav")
     with pytest.raises(web.HTTPBadRequest):
-        await read_form(request(*await encode(data)), tmp_path / "u", 100)
+        await read_form(mocked_request(*await encode(data)), tmp_path / "u", 100)
 
 
 async def test_read_form_non_utf8_field_is_a_client_error(tmp_path: Path) -> None:
     body, ctype = raw_form(
         ('name="prompt"', b"caf\xe9"), ('name="file"; filename="a.wav"', b"RIFF")
     )
-    req = request(body, ctype)
+    req = mocked_request(body, ctype)
     try:
         await read_form(req, tmp_path / "u", 100)
     except web.HTTPException as e:
@@ -143,7 +130,7 @@ async def test_read_form_non_utf8_field_is_a_client_error(tmp_path: Path) -> Non
 
 async def piece_body(tmp_path: Path, index: int = 7) -> tuple[bytes, str, bytes]:
     """The client's form read by read_form, then piece `index`'s form encoded."""
-    form = await read_form(request(*await encode(client_form())), tmp_path / "u", 10_000)
+    form = await read_form(mocked_request(*await encode(client_form())), tmp_path / "u", 10_000)
     wav = b"RIFF" + bytes(range(256)) * 4
     body, ctype = await encode(piece_form(form, wav, index))
     return body, ctype, wav
