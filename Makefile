@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: up test lint unit bench bench-peer bench-smoke clean
+.PHONY: up test lint unit containers images bench bench-peer bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,22 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint
-	./scripts/system-deps.sh
+	./scripts/system-deps.sh containers
 	$(VENV)/bin/pytest -q -ra tests
 
 unit: $(STAMP) lint
 	./scripts/system-deps.sh
 	$(VENV)/bin/pytest -q tests/unit
+
+# The project's images (podman, or docker where it runs): docs/deploy/images.md.
+images:
+	./scripts/system-deps.sh containers
+	./scripts/images.sh
+
+# The container tier alone: the images, the compose stack and the pods, for real.
+containers: $(STAMP)
+	./scripts/system-deps.sh containers
+	$(VENV)/bin/pytest -q -ra tests/containers
 
 # The bench (about 15 minutes, each scenario alone): bench/results/report.md and plots.
 # Its peer, LiteLLM, gets its own venv (.venv-litellm) first: its deps would move ours.

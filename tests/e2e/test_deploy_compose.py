@@ -1,4 +1,4 @@
-"""The Docker Compose deployment (compose/, docker/): valid, and its CPU services serve.
+"""The Docker Compose deployment (compose/, images/): valid, and its CPU services serve.
 
 There is no Docker engine on the build machine. What is checked instead:
 
@@ -86,7 +86,10 @@ CONTAINER_LOCAL = ("0.0.0.0", "127.0.0.1")
 
 
 def compose() -> dict[str, Any]:
-    doc = yaml.safe_load(COMPOSE_FILE.read_text())
+    """The compose file as `docker compose` reads it with none of its variables set:
+    `${VAR:-default}` is the default (`${VAR:?message}` stays: those must be set)."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", COMPOSE_FILE.read_text())
+    doc = yaml.safe_load(text)
     assert isinstance(doc, dict)
     return doc
 
@@ -217,6 +220,11 @@ def dockerfile(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def preamble(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What comes before the first FROM (the ARGs that FROM lines may use)."""
+    return list(itertools.takewhile(lambda ins: ins[0] != "FROM", instructions))
+
+
 def stages(instructions: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
     out: list[list[tuple[str, str]]] = []
     for ins in instructions:
@@ -327,7 +335,8 @@ def test_gateway_config_loads_and_names_the_services() -> None:
     assert config.xds.address == config.admin.address == config.listener.address == "0.0.0.0"
     assert config.envoy_admin.address == "127.0.0.1"
     envoy = services[service_with(doc, "envoy")]
-    assert envoy["ports"] == [f"{config.listener.port}:{config.listener.port}"]
+    # Published on loopback unless GATEWAY_PUBLISH says otherwise.
+    assert envoy["ports"] == [f"127.0.0.1:{config.listener.port}:{config.listener.port}"]
     published = [n for n, s in services.items() if s.get("ports") and n not in MONITORING]
     assert published == [service_with(doc, "envoy")], "only the listener is published"
     # (Prometheus and Grafana publish on loopback only: test_deploy_monitoring.py.)
@@ -435,19 +444,22 @@ def test_dockerfiles_carry_what_the_services_run() -> None:
         assert (COMPOSE_DIR / build["context"]).resolve() == ROOT
         assert (ROOT / build["dockerfile"]).is_file()
         files[image] = stages(dockerfile(ROOT / build["dockerfile"]))
-    assert gateway["dockerfile"] == "docker/gateway.Dockerfile"
-    assert backend["dockerfile"] == "docker/backend.Dockerfile"
+    assert gateway["dockerfile"] == "images/gateway.Dockerfile"
+    assert backend["dockerfile"] == "images/backend.Dockerfile"
 
     for image in ("whisper-gateway:0.1.0", "whisper-backend:0.1.0"):
         *build_stages, final = files[image]
-        assert final[0] == ("FROM", "python:3.11-slim"), image
+        # The base is a build argument, python:3.11-slim unless one is given.
+        assert final[0] == ("FROM", "${PYTHON_IMAGE}"), image
+        args = preamble(dockerfile(ROOT / built[image]["dockerfile"]))
+        assert ("ARG", "PYTHON_IMAGE=python:3.11-slim") in args, image
         runs = [a for st in build_stages for i, a in st if i == "RUN"]
         # The gateway without the ML stack (the splitter's decoder only), the backend
         # with its extra.
         want = (
-            'pip install ".[splitter]"'
+            'pip install --no-deps --no-build-isolation ".[splitter]"'
             if image.startswith("whisper-gateway")
-            else "pip install '.[backend]'"
+            else "pip install --no-deps --no-build-isolation '.[backend]'"
         )
         assert want in runs, f"{image}: a regular, non-editable install ({want})"
         assert not any("-e" in r.split() for r in runs if "pip install" in r)
@@ -536,7 +548,7 @@ def test_build_context_holds_every_installed_file(name: str, tmp_path: Path) -> 
     """COPY through .dockerignore, then setuptools' build_py: the files `pip install .`
     installs from the image's context are those it installs from the checkout."""
     rules = dockerignore_rules()
-    build_stage = stages(dockerfile(ROOT / "docker" / name))[0]
+    build_stage = stages(dockerfile(ROOT / "images" / name))[0]
     context = tmp_path / "src"
     for instruction, args in build_stage:
         if instruction != "COPY":

