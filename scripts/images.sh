@@ -49,12 +49,16 @@ if [ "$ENGINE" = podman ]; then
   fi
 fi
 
+# Each build stage is tagged too (NAME-build:TAG): a tagged stage is never pruned, so its
+# dependency layer stays cached for the next build; what a rebuild replaced is pruned.
 build() { # tag dockerfile
-  local start=$SECONDS
+  local start=$SECONDS stage=${1%%:*}-build:${1#*:}
   echo "images: $1 ($2, on $python_image)" >&2
-  "$ENGINE" build -q "${args[@]}" -f "$2" -t "$1" . >/dev/null
+  "$ENGINE" build -q "${args[@]}" --label "$LABEL" --target build -f "$2" -t "$stage" . >/dev/null
+  "$ENGINE" build -q "${args[@]}" --label "$LABEL" -f "$2" -t "$1" . >/dev/null
   echo "images: $1 built in $((SECONDS - start)) s, $("$ENGINE" image inspect --format '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1 / 1e6}')" >&2
 }
+LABEL=io.whisper-gateway.built-by=make-images
 
 build "whisper-gateway:$version" images/gateway.Dockerfile
 build "whisper-backend:$version" images/backend.Dockerfile
@@ -64,4 +68,5 @@ if [ "$base" = debian ] || ! can_pull "$official_envoy"; then
 else
   envoy_image=$official_envoy
 fi
+"$ENGINE" image prune -f --filter "label=$LABEL" >/dev/null
 echo "PYTHON_IMAGE=$python_image ENVOY_IMAGE=$envoy_image"
