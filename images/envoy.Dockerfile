@@ -22,8 +22,8 @@ RUN python3 -m venv /tmp/venv \
 FROM ${PYTHON_IMAGE}
 COPY --from=build /envoy /usr/local/bin/envoy
 # uid 101, as in envoyproxy/envoy.
-RUN groupadd --gid 101 envoy \
-    && useradd --uid 101 --gid 101 --no-create-home --home-dir /nonexistent \
+RUN groupadd --system --gid 101 envoy \
+    && useradd --system --uid 101 --gid 101 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin envoy
 USER 101:101
 EXPOSE 8000 9901

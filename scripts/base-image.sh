@@ -37,7 +37,7 @@ if [ ! -s "$tarball" ]; then
   command -v debootstrap >/dev/null || { echo "base-image: debootstrap is missing (scripts/system-deps.sh containers)" >&2; exit 1; }
   root=$(mktemp -d "$CACHE/rootfs.XXXXXX")
   trap 'rm -rf "$root" "$tarball.part"' EXIT
-  echo "base-image: debootstrap $SUITE from $(mirror) (a few minutes, once)" >&2
+  echo "base-image: debootstrap $SUITE from $(mirror) (about a minute, once)" >&2
   debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$(mirror)" >"$CACHE/debootstrap.log" 2>&1 \
     || { tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
   # An image needs no package lists, no apt cache and no documentation.
@@ -46,5 +46,5 @@ if [ ! -s "$tarball" ]; then
   tar -C "$root" --numeric-owner -cf "$tarball.part" .
   mv "$tarball.part" "$tarball"
 fi
-"$ENGINE" import --change 'CMD ["/bin/bash"]' "$tarball" "$image" >/dev/null
+"$ENGINE" import -q --change 'CMD ["/bin/bash"]' "$tarball" "$image" >/dev/null
 echo "$image"
