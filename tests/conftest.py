@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from backend_fixtures import backend_logs, base_url, tiny_url
 
+from testkit.containers import Engine, Images, make_images, open_engine
 from testkit.gateway import Gateway, gateway_config, start_gateway
 from testkit.procs import free_port, start_backend, start_fake, stop_all
 from testkit.vllm import VllmStack, vllm_stack
@@ -103,3 +104,24 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, fleet: dict[str, Any]) -> 
     gw.wait_backends(healthy)
     yield gw
     gw.stop()
+
+
+# ------------------------------------------------------------ the container tier
+# Here, not in tests/containers/conftest.py: a second conftest module would shadow the
+# names the e2e modules import from this one (`from conftest import TINY`).
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """A Docker engine if one answers, else podman's Docker API on a socket we own."""
+    with open_engine(tmp_path_factory.mktemp("engine")) as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def images(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Images:
+    """`make images` once a run; the engine caches the layers between runs."""
+    log = tmp_path_factory.mktemp("images") / "make-images.log"
+    built = make_images(engine, log)
+    print(f"\nmake images: {built.seconds:.0f} s ({built.python}, {built.envoy})")
+    return built
