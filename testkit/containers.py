@@ -24,7 +24,8 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from testkit.procs import ROOT, Proc
+from testkit.procs import FIXTURES, ROOT, Proc
+from testkit.stack import curl
 
 CONTAINERS_CONF = ROOT / "images" / "containers.conf"
 PODMAN_COMPOSE = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "podman-compose"
@@ -192,6 +193,18 @@ class ComposeProject:
     def container(self, service: str) -> Container:
         (one,) = [c for c in self.containers(service)]
         return one
+
+
+def transcribe(
+    port: int, key: str, model: str, *extra: str, file: Path = FIXTURES / "hello.wav"
+) -> tuple[int, str]:
+    """One transcription with curl through a published listener: (status, body)."""
+    return curl(
+        f"http://127.0.0.1:{port}/v1/audio/transcriptions",
+        "-H", f"Authorization: Bearer {key}",
+        "-F", f"file=@{file}", "-F", f"model={model}", *extra,
+        timeout=240,
+    )  # fmt: skip
 
 
 def exec_python(container: Container, code: str) -> tuple[int, str]:

@@ -22,6 +22,7 @@ import openai
 import pytest
 import yaml
 
+from testkit import containers
 from testkit.clips import make_clip
 from testkit.containers import (
     ComposeProject,
@@ -51,12 +52,7 @@ def openai_error(answer: tuple[int, str], status: int) -> dict[str, Any]:
 
 
 def transcribe(port: int, model: str, key: str = KEY, *extra: str) -> tuple[int, str]:
-    return curl(
-        f"http://127.0.0.1:{port}/v1/audio/transcriptions",
-        "-H", f"Authorization: Bearer {key}",
-        "-F", f"file=@{HELLO}", "-F", f"model={model}", *extra,
-        timeout=120,
-    )  # fmt: skip
+    return containers.transcribe(port, key, model, *extra)
 
 
 @pytest.fixture(scope="module")

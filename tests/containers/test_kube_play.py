@@ -23,7 +23,7 @@ from docker.models.containers import Container
 
 from testkit import kustomize
 from testkit.clips import make_clip
-from testkit.containers import Engine, Images, exec_python
+from testkit.containers import Engine, Images, exec_python, transcribe
 from testkit.kube_play import Play, for_kube_play, pod_name
 from testkit.procs import FIXTURES, ROOT, free_port
 from testkit.stack import curl, wait_until
@@ -59,12 +59,7 @@ class Pods:
         return self.engine.client.containers.get(f"{pod_name(deployment)}-{name}")
 
     def transcribe(self, *extra: str, key: str | None = None) -> tuple[int, str]:
-        return curl(
-            f"http://127.0.0.1:{self.port}/v1/audio/transcriptions",
-            "-H", f"Authorization: Bearer {key or self.key}",
-            "-F", f"file=@{HELLO}", "-F", f"model={TINY}", *extra,
-            timeout=180,
-        )  # fmt: skip
+        return transcribe(self.port, key or self.key, TINY, *extra)
 
     def config_volumes(self) -> list[str]:
         names = [o["metadata"]["name"] for o in self.play.manifests if o["kind"] == "ConfigMap"]
