@@ -25,6 +25,7 @@ from control_plane.cli.options import Options, UsageError, parse
 from control_plane.config.advice import backend_warnings
 from control_plane.config.parse import dump_config
 from control_plane.config.schema import GatewayConfig
+from control_plane.config.sockets import local_url
 from control_plane.xds.bootstrap import build_bootstrap, envoy_command
 from gateway_supervisor.supervisor import ChildSpec, Supervisor, say
 
@@ -149,18 +150,16 @@ async def run(opts: Options, run_dir: Path) -> int:
                 f"http://{split.address}:{split.port}/health", 30, sup, "splitter"
             ):
                 say("the long-audio splitter did not come up; see splitter.log", err=True)
-        lst = config.listener
-        host = "127.0.0.1" if lst.address in ("0.0.0.0", "::") else lst.address
-        scheme = "https" if config.tls else "http"
+        listener = local_url("https" if config.tls else "http", config.listener)
         curl = f"curl --cacert {config.tls.cert_file}" if config.tls else "curl"
         if config.api_keys is not None:
             curl += ' -H "Authorization: Bearer $KEY"'
         print(
             f"""
 whisper-gateway is up.
-  OpenAI endpoint : {scheme}://{host}:{lst.port}/v1   (models: {", ".join(config.models)})
+  OpenAI endpoint : {listener}/v1   (models: {", ".join(config.models)})
   try             : {curl} \\
-                      {scheme}://{host}:{lst.port}/v1/audio/transcriptions \\
+                      {listener}/v1/audio/transcriptions \\
                       -F file=@tests/fixtures/hello.wav -F model={config.models[0]} \\
                       -F response_format=json -F language=en
   control plane   : {admin}/status  /backends  /snapshot

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from control_plane.config.parse import load_config
 from control_plane.config.schema import ConfigError, GatewayConfig
+from control_plane.config.sockets import local_url
 from long_audio.server import Settings, Splitter
 
 
@@ -21,14 +22,8 @@ def settings_of(config: GatewayConfig, spool_dir: str | None = None) -> Settings
     la = config.long_audio
     if la is None:
         raise ConfigError("long_audio", "the config has no long_audio section: nothing to split")
-    lst = config.listener
-    host = (
-        "127.0.0.1" if lst.address == "0.0.0.0" else "::1" if lst.address == "::" else lst.address
-    )
-    host = f"[{host}]" if ":" in host else host
-    scheme = "https" if config.tls else "http"
     return Settings(
-        upstream=f"{scheme}://{host}:{lst.port}",
+        upstream=local_url("https" if config.tls else "http", config.listener),
         piece_s=la.piece_s,
         pieces_per_request=la.pieces_per_request,
         pieces_in_flight=la.pieces_in_flight,

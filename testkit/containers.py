@@ -167,6 +167,11 @@ class ComposeProject:
         (work / "deploy").symlink_to(ROOT / "deploy")
         return cls(engine, name, folder, env, work / "compose.log")
 
+    @property
+    def listener_port(self) -> int:
+        """The host port Envoy's listener is published on (GATEWAY_PUBLISH=address:port)."""
+        return int(self.env["GATEWAY_PUBLISH"].rsplit(":", 1)[1])
+
     def run(self, *args: str, timeout: float = 300, check: bool = True) -> str:
         argv = [*self.engine.compose, "-p", self.name, "-f", "docker-compose.yml", *args]
         proc = subprocess.run(
@@ -205,6 +210,15 @@ def transcribe(
         "-F", f"file=@{file}", "-F", f"model={model}", *extra,
         timeout=240,
     )  # fmt: skip
+
+
+def service_uid(container: Container) -> int:
+    """The uid the container's own process (pid 1) runs as. Not `exec id -u`: an image
+    may start as root and drop to its user (envoyproxy/envoy's entrypoint does)."""
+    rc, out = container.exec_run(["cat", "/proc/1/status"])
+    assert rc == 0, out
+    (line,) = [x for x in out.decode().splitlines() if x.startswith("Uid:")]
+    return int(line.split()[1])
 
 
 def exec_python(container: Container, code: str) -> tuple[int, str]:

@@ -29,6 +29,14 @@ def where(hp: HostPort) -> str:
     return f"{host}:{hp.port}"
 
 
+def local_url(scheme: str, hp: HostPort) -> str:
+    """Where a process on this host reaches a listener bound at `hp`: a wildcard address
+    on its own family's loopback (0.0.0.0 on 127.0.0.1, :: on ::1), IPv6 in brackets."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(hp.address, hp.address)
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{hp.port}"
+
+
 def restrict_socket(path: str) -> None:
     """Give a freshly bound Unix socket SOCKET_MODE, whatever the umask was."""
     os.chmod(path, SOCKET_MODE)

@@ -31,6 +31,7 @@ from testkit.containers import (
     admin_call,
     exec_python,
     healthcheck_argv,
+    service_uid,
 )
 from testkit.procs import FIXTURES, free_port
 from testkit.stack import curl, wait_until
@@ -67,7 +68,6 @@ def project(
         "GATEWAY_PUBLISH": f"127.0.0.1:{port}",
     }
     proj = ComposeProject.copy_of_repo(engine, f"wgtest{os.getpid()}", work, env)
-    proj.port = port  # type: ignore[attr-defined]
     started = time.monotonic()
     try:
         proj.run("up", "-d")
@@ -83,12 +83,8 @@ def project(
         print(f"compose log: {proj.log}")
 
 
-def port_of(project: ComposeProject) -> int:
-    return int(project.port)  # type: ignore[attr-defined]
-
-
 def test_the_tutorial_requests_through_the_published_port(project: ComposeProject) -> None:
-    port = port_of(project)
+    port = project.listener_port
     base = f"http://127.0.0.1:{port}"
     status, body = transcribe(port, TINY, KEY, "-F", "response_format=json", "-F", "language=en")
     assert status == 200 and "lazy dog" in json.loads(body)["text"].lower(), body
@@ -117,7 +113,7 @@ def test_long_audio_is_split_in_envoys_network(project: ComposeProject, tmp_path
     """The splitter shares Envoy's network namespace (network_mode: service:envoy)."""
     clip = make_clip(tmp_path / "long.wav", 70.0)
     status, body = curl(
-        f"http://127.0.0.1:{port_of(project)}/v1/audio/transcriptions",
+        f"http://127.0.0.1:{project.listener_port}/v1/audio/transcriptions",
         "-H", f"Authorization: Bearer {KEY}", "-H", "x-long-audio: split", "-H", "Expect:",
         "-F", f"file=@{clip}", "-F", f"model={TINY}", "-F", "response_format=verbose_json",
         "-D", "-", timeout=300,
@@ -149,10 +145,8 @@ def test_containers_run_as_documented(project: ComposeProject) -> None:
         rc, out = c.exec_run(list(argv))
         assert rc == 0, f"{c.name}: healthcheck {argv} -> {rc}: {out.decode()[-500:]}"
     for service in ("control-plane", "splitter", "whisper-base"):
-        rc, out = exec_python(project.containers(service)[0], "import os; print(os.getuid())")
-        assert rc == 0 and out.strip() == "10001", (service, out)
-    rc, out = project.container("envoy").exec_run(["id", "-u"])
-    assert rc == 0 and out.decode().strip() != "0"
+        assert service_uid(project.containers(service)[0]) == 10001, service
+    assert service_uid(project.container("envoy")) != 0
 
 
 def _backends(project: ComposeProject) -> list[dict[str, Any]]:
@@ -165,7 +159,7 @@ def test_killed_backend_loses_no_unstarted_request_and_comes_back(
     project: ComposeProject, tmp_path: Path
 ) -> None:
     """SIGKILL one whisper-tiny replica's server (a crash, not a `stop`) under load."""
-    port = port_of(project)
+    port = project.listener_port
     clip = make_clip(tmp_path / "twelve.wav", 12.0)
     victim = project.containers("whisper-tiny")[0]
     victim.reload()
@@ -206,7 +200,7 @@ def test_killed_backend_loses_no_unstarted_request_and_comes_back(
 
 
 def test_reload_refuses_a_bad_config_and_applies_a_good_one(project: ComposeProject) -> None:
-    port = port_of(project)
+    port = project.listener_port
     path = project.folder / "gateway.yaml"
     good = path.read_text()
     cp = project.container("control-plane")
@@ -247,7 +241,7 @@ def test_reload_refuses_a_bad_config_and_applies_a_good_one(project: ComposeProj
 
 def test_rotating_the_key_recreates_the_control_plane(project: ComposeProject) -> None:
     """docs/deploy/compose.md: the new key in the environment, then `up -d control-plane`."""
-    port = port_of(project)
+    port = project.listener_port
     before = project.container("control-plane").id
     project.env["GATEWAY_API_KEY"] = NEW_KEY
     try:

@@ -14,6 +14,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -23,7 +24,7 @@ from docker.models.containers import Container
 
 from testkit import kustomize
 from testkit.clips import make_clip
-from testkit.containers import Engine, Images, exec_python, transcribe
+from testkit.containers import Engine, Images, exec_python, service_uid, transcribe
 from testkit.kube_play import Play, for_kube_play, pod_name
 from testkit.procs import FIXTURES, ROOT, free_port
 from testkit.stack import curl, wait_until
@@ -32,17 +33,22 @@ TINY = "openai/whisper-tiny.en"
 HELLO = FIXTURES / "hello.wav"
 
 
+@dataclass
 class Pods:
-    def __init__(self, engine: Engine, play: Play, path: Path, network: str, port: int) -> None:
-        self.engine, self.play, self.path, self.network, self.port = (
-            engine,
-            play,
-            path,
-            network,
-            port,
-        )
-        secret = next(iter(play.secret_files.values()))
-        self.key = yaml.safe_load(secret["keys.yaml"])["clients"][0]["key"]
+    """What kube play was given, where Envoy is published, and the podman CLI for the
+    verbs the Docker API has not (kube play/down, pods, networks, volumes)."""
+
+    engine: Engine
+    play: Play
+    path: Path  # the YAML played
+    network: str
+    port: int
+
+    @property
+    def key(self) -> str:
+        """The first client's key, from the Secret the pod mounts."""
+        secret = next(iter(self.play.secret_files.values()))
+        return str(yaml.safe_load(secret["keys.yaml"])["clients"][0]["key"])
 
     def podman(self, *args: str, check: bool = True) -> str:
         proc = subprocess.run(
@@ -136,8 +142,7 @@ def test_the_pod_runs_as_its_manifest_says(pods: Pods) -> None:
         box = pods.container("whisper-gateway", c["name"])
         box.reload()
         assert box.status == "running", (c["name"], box.status)
-        rc, out = box.exec_run(["id", "-u"])
-        assert rc == 0 and out.decode().strip() == "10001", (c["name"], out)
+        assert service_uid(box) == 10001, c["name"]
         rc, _ = box.exec_run(["touch", "/probe-of-a-read-only-root"])
         assert rc != 0, f"{c['name']}: the root file system is writable"
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):

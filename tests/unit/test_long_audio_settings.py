@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from control_plane.config.parse import config_to_dict, dump_config, parse_config
-from control_plane.config.schema import ConfigError, GatewayConfig, LongAudioConfig
+from control_plane.config.schema import ConfigError, GatewayConfig, HostPort, LongAudioConfig
+from control_plane.config.sockets import local_url
 from long_audio.__main__ import settings_of
 
 MODEL = "openai/whisper-tiny.en"
@@ -167,3 +168,18 @@ def test_dump_round_trips_without_long_audio() -> None:
     cfg = parse_config(d)
     assert "long_audio" not in config_to_dict(cfg)
     assert round_trip(cfg) == cfg
+
+
+@pytest.mark.parametrize(
+    ("address", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:8000"),
+        ("::", "http://[::1]:8000"),
+        ("127.0.0.2", "http://127.0.0.2:8000"),
+        ("::1", "http://[::1]:8000"),
+    ],
+)
+def test_wildcard_listener_is_reached_on_its_own_familys_loopback(address: str, url: str) -> None:
+    """The splitter and the supervisor's banner both use config.sockets.local_url."""
+    assert local_url("http", HostPort(address, 8000)) == url
+    assert settings_of(parse_config(doc(listener={"address": address}))).upstream == url
