@@ -46,5 +46,13 @@ if [ ! -s "$tarball" ]; then
   tar -C "$root" --numeric-owner -cf "$tarball.part" .
   mv "$tarball.part" "$tarball"
 fi
-"$ENGINE" import -q --change 'CMD ["/bin/bash"]' "$tarball" "$image" >/dev/null
+quiet=()
+[ "$ENGINE" = podman ] && quiet=(-q)  # docker import has no -q, and prints only the id
+"$ENGINE" import "${quiet[@]}" --change 'CMD ["/bin/bash"]' "$tarball" "$image" >/dev/null
+# An earlier script's base is no longer built on: drop its tag (an image still built on
+# it keeps the layers) and its tarball.
+for old in $("$ENGINE" images --format '{{.Repository}}:{{.Tag}}' "${image%%:*}"); do
+  [ "$old" = "$image" ] || "$ENGINE" rmi "$old" >/dev/null 2>&1 || true
+done
+find "$CACHE" -maxdepth 1 -name 'base-*.tar' ! -name "${tarball##*/}" -delete
 echo "$image"

