@@ -24,7 +24,8 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from testkit.procs import FIXTURES, ROOT, Proc
+from testkit.load import HELLO
+from testkit.procs import ROOT, Proc
 from testkit.stack import curl
 
 CONTAINERS_CONF = ROOT / "images" / "containers.conf"
@@ -95,10 +96,9 @@ def open_engine(run_dir: Path) -> Iterator[Engine]:
 
 @dataclass(frozen=True)
 class Images:
-    """What `make images` built, and the environment compose needs to use them."""
+    """The images `make images` chose beside its own (the last line it prints), and the
+    environment compose needs to use them."""
 
-    gateway: str
-    backend: str
     envoy: str
     prometheus: str
     python: str
@@ -128,22 +128,12 @@ def make_images(engine: Engine, log: Path) -> Images:
         )
     assert proc.returncode == 0, f"make images failed:\n{log.read_text()[-3000:]}"
     fields = dict(kv.split("=", 1) for kv in proc.stdout.strip().splitlines()[-1].split())
-    version = _project_version()
     return Images(
-        gateway=f"whisper-gateway:{version}",
-        backend=f"whisper-backend:{version}",
         envoy=fields["ENVOY_IMAGE"],
         prometheus=fields["PROMETHEUS_IMAGE"],
         python=fields["PYTHON_IMAGE"],
         seconds=time.monotonic() - start,
     )
-
-
-def _project_version() -> str:
-    for line in (ROOT / "pyproject.toml").read_text().splitlines():
-        if line.startswith("version = "):
-            return line.split('"')[1]
-    raise AssertionError("pyproject.toml has no version")
 
 
 @dataclass
@@ -196,13 +186,11 @@ class ComposeProject:
         return sorted(found, key=lambda c: c.name)
 
     def container(self, service: str) -> Container:
-        (one,) = [c for c in self.containers(service)]
+        (one,) = self.containers(service)
         return one
 
 
-def transcribe(
-    port: int, key: str, model: str, *extra: str, file: Path = FIXTURES / "hello.wav"
-) -> tuple[int, str]:
+def transcribe(port: int, key: str, model: str, *extra: str, file: Path = HELLO) -> tuple[int, str]:
     """One transcription with curl through a published listener: (status, body)."""
     return curl(
         f"http://127.0.0.1:{port}/v1/audio/transcriptions",
@@ -231,7 +219,7 @@ def admin_call(container: Container, path: str, method: str = "GET") -> tuple[in
     """The control plane's admin API, which compose does not publish, from inside its
     container as docs/deploy/compose.md shows: (status, JSON body or text)."""
     code = f"""
-import sys, urllib.error, urllib.request
+import urllib.error, urllib.request
 req = urllib.request.Request("http://127.0.0.1:19000{path}", method={method!r})
 try:
     r = urllib.request.urlopen(req, timeout=20); print(r.status); print(r.read().decode())

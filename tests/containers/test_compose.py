@@ -29,10 +29,10 @@ from testkit.containers import (
     Engine,
     Images,
     admin_call,
-    exec_python,
     healthcheck_argv,
     service_uid,
 )
+from testkit.load import HELLO
 from testkit.procs import FIXTURES, free_port
 from testkit.stack import curl, wait_until
 
@@ -40,7 +40,6 @@ TINY = "openai/whisper-tiny.en"
 BASE = "openai/whisper-base"
 KEY = "sk-container-tier-0123456789abcdef"
 NEW_KEY = "sk-container-tier-rotated-987654321"
-HELLO = FIXTURES / "hello.wav"
 
 
 def openai_error(answer: tuple[int, str], status: int) -> dict[str, Any]:
