@@ -54,6 +54,8 @@ ADMIN_CLUSTER = "gateway_admin"  # the control plane's admin API, for /metrics a
 
 #: The second Lua filter: response conversion, enabled per route (routes.py).
 FORMAT_FILTER = "whisper.filters.format"
+#: The first filter: over HTTP/2 and /3, the edge refuses once the upload has arrived.
+READ_UPLOAD_FILTER = "whisper.filters.read_upload"
 METER_FILTER = "envoy.filters.http.json_to_metadata"  # audio seconds from JSON responses
 API_KEY_FILTER = "envoy.filters.http.api_key_auth"
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"

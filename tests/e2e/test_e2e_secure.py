@@ -24,6 +24,7 @@ import yaml
 
 from control_plane.config.certs import make_self_signed
 from control_plane.config.schema import TlsConfig
+from testkit.clips import make_clip
 from testkit.gateway import Gateway, gateway_config, start_gateway
 from testkit.load import HELLO
 from testkit.procs import free_port
@@ -35,6 +36,7 @@ KEYS = {
     "team": "sk-team-0123456789",
     "tiny-only": "sk-tiny-0123456789",
     "slow": "sk-slow-0123456789",
+    "slow-curl": "sk-slow-curl-0123456789",
 }
 
 
@@ -42,6 +44,7 @@ KEYS = {
 LIMITS: dict[str, dict[str, Any]] = {
     "tiny-only": {"models": [TINY]},
     "slow": {"requests_per_s": 0.05, "burst": 3},
+    "slow-curl": {"requests_per_s": 0.05, "burst": 3},
 }
 
 
@@ -140,6 +143,38 @@ def test_http2_by_alpn_and_health_without_key(secure: Gateway) -> None:
         check=True,
     ).stdout
     assert out == "2 200"
+
+
+@pytest.mark.parametrize(
+    ("key", "expect"),
+    [(None, 401), ("sk-wrong-0000000000", 401), (KEYS["slow-curl"], 429), (KEYS["team"], 413)],
+    ids=["no key", "wrong key", "rate limited", "too large"],
+)
+def test_curl_over_http2_reads_an_upload_refused_at_the_edge(
+    secure: Gateway, tmp_path: Path, key: str | None, expect: int
+) -> None:
+    """curl 7.88 (Debian 12's) fails with "(92) Stream error" when the stream ends while
+    it still uploads: over HTTP/2 the edge refuses once the upload has arrived, so
+    curl reads the whole OpenAI-shaped answer (docs/security.md)."""
+    if expect == 413:  # past the default 25 MB
+        clip = tmp_path / "big.wav"
+        clip.write_bytes(bytes(26 * 1024 * 1024))
+    else:
+        clip = make_clip(tmp_path / "clip.wav", 20.0)  # 640 KB: past HTTP/2's first windows
+    headers = ["-H", f"Authorization: Bearer {key}"] if key else []
+    for _ in range(10 if expect == 429 else 1):  # spend the slow key's burst
+        run = subprocess.run(
+            ["curl", "-sS", "--http2", "--cacert", secure.config["tls"]["cert_file"],
+             "-w", "\n%{http_version} %{http_code}", *headers,
+             "-F", f"model={TINY}", "-F", f"file=@{clip}", https(secure) + TRANSCRIBE],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        body, status = run.stdout.rsplit("\n", 1)
+        if status != "2 200":
+            break
+    assert status == f"2 {expect}", run.stdout
+    openai_error(json.loads(body), expect)
 
 
 async def test_missing_or_wrong_key_is_401_in_the_openai_shape(secure: Gateway) -> None:

@@ -19,7 +19,12 @@ from control_plane.ir.from_config import spec_from_config
 from control_plane.ir.model import Client, ListenerTls, Security, build_model
 from control_plane.ir.security import load_security
 from control_plane.xds.translator import load_lua_template, translate
-from control_plane.xds.translator.edge import rate_limit_config, retry_after_s
+from control_plane.names import READ_UPLOAD_FILTER
+from control_plane.xds.translator.edge import (
+    rate_limit_config,
+    read_upload_config,
+    retry_after_s,
+)
 from control_plane.xds.translator.routes import RETRY_ON, RETRY_ON_RESET, build_route_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +138,20 @@ def test_rate_limit_buckets() -> None:
     assert not cfg.always_consume_default_token_bucket.value  # no gateway bucket
     retry = {h.header.key: h.header.value for h in cfg.response_headers_to_add}
     assert retry == {"retry-after": "2"}  # the slowest bucket's token time
+
+
+def test_uploads_are_read_before_a_refusal_only_where_the_edge_refuses() -> None:
+    """Keys or any rate limit enable the first filter on the virtual host; nothing else."""
+    keyed = Security(clients=(Client("team", "sk-team-0123456789"),))
+    assert read_upload_config(model_with(Security())) == {}
+    for m in (model_with(keyed), model_with(Security(), rate_limit={"requests_per_s": 5})):
+        from envoy.config.route.v3 import route_components_pb2 as rc
+        from envoy.extensions.filters.http.lua.v3 import lua_pb2
+
+        wrapper, lua = rc.FilterConfig(), lua_pb2.LuaPerRoute()
+        assert read_upload_config(m)[READ_UPLOAD_FILTER].Unpack(wrapper)
+        assert not wrapper.disabled and wrapper.config.Unpack(lua)
+        assert lua.name == READ_UPLOAD_FILTER  # the source LDS holds under that name
 
 
 def test_retry_after_rounds_up() -> None:

@@ -16,6 +16,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     header_mutation_pb2 as early,
 )
@@ -30,6 +31,7 @@ from control_plane.names import (
     INTERNAL_HEADERS,
     RATE_LIMIT_DESCRIPTOR,
     RATE_LIMIT_FILTER,
+    READ_UPLOAD_FILTER,
 )
 from control_plane.xds.translator.common import any_of, seconds
 
@@ -82,6 +84,22 @@ def api_keys_config(model: GatewayModel, keep_key: bool = False) -> dict[str, An
         ),
     )
     return {API_KEY_FILTER: any_of(rc.FilterConfig(config=any_of(keys), disabled=False))}
+
+
+def read_upload_config(model: GatewayModel) -> dict[str, Any]:
+    """Enables the listener's first filter where the edge can refuse an upload: over
+    HTTP/2 a refusal then waits for the whole upload, so every client reads it
+    (read_upload.lua, docs/security.md). {} when there are no keys and no rate limits."""
+    rl = model.rate_limit
+    limits = rl.requests_per_s > 0 or any(
+        _client_bucket(model, c) for c in (model.security.clients or ())
+    )
+    if not (keys_on(model) or limits):
+        return {}
+    enabled = rc.FilterConfig(
+        config=any_of(lua_pb2.LuaPerRoute(name=READ_UPLOAD_FILTER)), disabled=False
+    )
+    return {READ_UPLOAD_FILTER: any_of(enabled)}
 
 
 def unprotected(model: GatewayModel) -> dict[str, Any]:

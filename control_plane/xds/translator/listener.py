@@ -41,11 +41,13 @@ from control_plane.names import (
     METER_FILTER,
     MODEL_HEADER,
     RATE_LIMIT_FILTER,
+    READ_UPLOAD_FILTER,
     ROUTE_CONFIG_NAME,
     XDS_CLUSTER,
 )
 from control_plane.xds.translator.common import ads_source, any_of, seconds
 from control_plane.xds.translator.edge import early_header_mutations
+from control_plane.xds.translator.lua import read_upload_source
 
 ACCESS_LOG_FORMAT = {
     "time": "%START_TIME%",
@@ -306,6 +308,20 @@ def build_listener(model: GatewayModel) -> listener_pb2.Listener:
         codec_type=hcm.HttpConnectionManager.CodecType.AUTO,
         rds=hcm.Rds(config_source=ads_source(), route_config_name=ROUTE_CONFIG_NAME),
         http_filters=[
+            # Enabled on the virtual host when the edge can refuse (keys, rate limits).
+            hcm.HttpFilter(
+                name=READ_UPLOAD_FILTER,
+                typed_config=any_of(
+                    lua_pb2.Lua(
+                        source_codes={
+                            READ_UPLOAD_FILTER: base_pb2.DataSource(
+                                inline_string=read_upload_source()
+                            )
+                        }
+                    )
+                ),
+                disabled=True,
+            ),
             # Keys and rate limits come per virtual host / route through RDS; the base
             # configs here do nothing, so LDS stays the same when they change.
             hcm.HttpFilter(

@@ -20,6 +20,7 @@ LIBRARY_LUA = FILTERS / "gateway.lua"
 LUA_TEMPLATE = FILTERS / "route_by_model.lua"
 MULTIPART_LUA = FILTERS / "multipart.lua"
 FORMAT_LUA = FILTERS / "format_response.lua"
+READ_UPLOAD_LUA = FILTERS / "read_upload.lua"
 
 
 def _lua_string(s: str) -> str:
@@ -96,3 +97,10 @@ def render_lua(
 
 def load_lua_template() -> str:
     return LUA_TEMPLATE.read_text()
+
+
+@functools.cache
+def read_upload_source() -> str:
+    """The edge's first filter (no library, no placeholders): the same on every config,
+    so it lives in LDS and the routes only enable it."""
+    return READ_UPLOAD_LUA.read_text()

@@ -31,7 +31,12 @@ from control_plane.names import (
     UNROUTED_CLUSTER,
 )
 from control_plane.xds.translator.common import any_of, seconds
-from control_plane.xds.translator.edge import api_keys_config, rate_limit_config, unprotected
+from control_plane.xds.translator.edge import (
+    api_keys_config,
+    rate_limit_config,
+    read_upload_config,
+    unprotected,
+)
 from control_plane.xds.translator.lua import format_source, render_lua
 
 
@@ -360,6 +365,7 @@ def build_route_config(model: GatewayModel, lua_template: str) -> route_pb2.Rout
                     **_NO_LUA,
                     **_format_filter(False),
                     **api_keys_config(model),
+                    **read_upload_config(model),
                 },
                 routes=build_routes(model, lua),
             )
