@@ -18,8 +18,8 @@ from control_plane.config.schema import ConfigError, TlsConfig
 from control_plane.ir.from_config import spec_from_config
 from control_plane.ir.model import Client, ListenerTls, Security, build_model
 from control_plane.ir.security import load_security
-from control_plane.xds.translator import load_lua_template, translate
 from control_plane.names import READ_UPLOAD_FILTER
+from control_plane.xds.translator import load_lua_template, translate
 from control_plane.xds.translator.edge import (
     rate_limit_config,
     read_upload_config,
