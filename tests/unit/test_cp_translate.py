@@ -441,6 +441,7 @@ def test_listener() -> None:
     assert m.rds.route_config_name == ROUTE_CONFIG_NAME
     assert m.rds.config_source.HasField("ads")
     assert [f.name for f in m.http_filters] == [
+        "whisper.filters.read_upload",
         "envoy.filters.http.api_key_auth",
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.lua",
