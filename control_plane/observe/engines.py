@@ -2,9 +2,10 @@
 
 vLLM exports `vllm:num_requests_running` and `vllm:num_requests_waiting`; so does our
 CPU backend. `scrape_engines` reads every backend every `stats.engine_interval_s` for
-`/backends` and `/metrics` (and, under `routing.policy: engine_load`, every
-`routing.load_interval_s` for the reconciler, which weighs backends by them); the router's `/metrics` reads them again at scrape time
-with a shorter timeout (router_metrics.read_live). Both go through `read_engine`.
+`/backends` and `/metrics` (under `routing.policy: engine_load`, every
+`routing.load_interval_s`, for the reconciler, which weighs backends by them); the
+router's `/metrics` reads them again at scrape time with a shorter timeout
+(router_metrics.read_live). Both go through `read_engine`.
 """
 
 from __future__ import annotations
