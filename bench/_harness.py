@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("BENCH_RESULTS", ROOT / "bench" / "results"))
 #: Every scenario (its module bench.<name> and its results file <name>.json), in the
 #: order `make bench` runs them: issue 11's seven, then the older crash and push benches,
-#: then issue 17's real-vLLM bench, then long audio split across the fleet and a file
-#: past real vLLM's 600 s served split.
+#: then issue 17's real-vLLM bench, then long audio split across the fleet, a file
+#: past real vLLM's 600 s served split, and scheduling on a fleet of vLLM beside a CPU
+#: backend.
 SCENARIOS = (
     "backend_rtf",
     "throughput",
@@ -36,6 +37,7 @@ SCENARIOS = (
     "vllm_real",
     "long_audio",
     "vllm_long_audio",
+    "vllm_scheduling",
 )
 
 

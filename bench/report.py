@@ -41,6 +41,7 @@ TITLES = {
     "vllm_real": "10. Real vLLM: RTF, failover, mixed fleet, load signals",
     "long_audio": "11. Long audio split across the fleet: speed-up, first event, splitter memory",
     "vllm_long_audio": "12. Past real vLLM's 600 s: a file vLLM refuses, served split",
+    "vllm_scheduling": "13. Fleet scheduling on a mixed fleet: real vLLM beside a CPU backend",
 }
 PATH_STYLE = {"direct": ("k", "o"), "gateway": ("C0", "s"), "litellm": ("C3", "^")}
 

@@ -11,9 +11,11 @@ The same schedule is replayed, one arm after the other, through:
 
 - direct: the client sends to the backends itself, the mix split evenly by hand
   (the n-th clip of each kind to backend n mod 2): the baseline;
-- the gateway with `routing.policy: least_request` (the default) and `round_robin`,
-  otherwise the deployed defaults (max_concurrency 4; health probes every 5 s, each
-  a real transcription of a short clip: work the other arms do not have);
+- the gateway with `routing.policy: least_request` (the default), `round_robin` and
+  `engine_load` (least_request weighted by the queue each backend reports on its
+  /metrics, read every second), otherwise the deployed defaults (max_concurrency 4;
+  health probes every 5 s, each a real transcription of a short clip: work the other
+  arms do not have);
 - the LiteLLM proxy with its default routing (bench/litellm_peer.py);
 - direct again: the drift of the machine between the first arm and the last.
 
@@ -215,18 +217,25 @@ def summarise(done: list[Done], clips: Clips) -> dict[str, Any]:
     }
 
 
-def arrivals_s(plan: Plan, service: dict[str, float]) -> float:
-    """How long the jobs take to arrive: their work, measured, over `load` of 2 workers."""
-    work = plan.shorts * service["short"] + plan.longs * service["long"]
-    return work / (plan.load * 2)
+def work_s(plan: Plan, service: dict[str, float]) -> float:
+    """The whole schedule's work on one backend, from its measured service times."""
+    return plan.shorts * service["short"] + plan.longs * service["long"]
 
 
-def make_schedule(plan: Plan, service: dict[str, float], seed: int = SEED) -> list[Job]:
+def arrivals_s(plan: Plan, services: list[dict[str, float]]) -> float:
+    """How long the jobs take to arrive: the time the backends together need for the
+    whole schedule (each backend's speed measured: 1 / sum of 1 / its work), over
+    `load`. Two equal backends: their work over 2 x `load`."""
+    together = 1.0 / sum(1.0 / work_s(plan, s) for s in services)
+    return together / plan.load
+
+
+def make_schedule(plan: Plan, services: list[dict[str, float]], seed: int = SEED) -> list[Job]:
     """Poisson arrivals of a fixed number of each kind (given n arrivals of a Poisson
     process over a span, their times are n uniform draws), the span from the measured
-    service times, so the offered work is `load` of the two workers' capacity."""
+    service times, so the offered work is `load` of the backends' capacity."""
     rng = random.Random(seed)
-    span = arrivals_s(plan, service)
+    span = arrivals_s(plan, services)
     kinds = ["short"] * plan.shorts + ["long"] * plan.longs
     jobs = sorted((rng.uniform(0, span), kind) for kind in kinds)
     seen: Counter[str] = Counter()
@@ -237,17 +246,17 @@ def make_schedule(plan: Plan, service: dict[str, float], seed: int = SEED) -> li
     return schedule
 
 
-async def service_times(url: str, clips: Clips, plan: Plan) -> dict[str, float]:
+async def service_times(url: str, clips: Clips, plan: Plan, model: str = TINY) -> dict[str, float]:
     """Each kind alone on one idle backend: the median of a few, after a warm-up."""
     times: dict[str, list[float]] = {"short": [], "long": []}
     async with aiohttp.ClientSession() as session:
         loop = asyncio.get_running_loop()
         warm = Job(0, "short", 0)
-        await transcribe(session, url, TINY, clips, warm, loop.time(), plan.deadline_s)
+        await transcribe(session, url, model, clips, warm, loop.time(), plan.deadline_s)
         for kind, n in (("short", plan.calibration_shorts), ("long", 1)):
             for i in range(n):
                 d = await transcribe(
-                    session, url, TINY, clips, Job(0, kind, i), loop.time(), plan.deadline_s
+                    session, url, model, clips, Job(0, kind, i), loop.time(), plan.deadline_s
                 )
                 if not d.ok:
                     raise RuntimeError(f"calibration failed: {d.error}")
@@ -263,20 +272,28 @@ def run_arm(
 
 
 def gateway_arm(
-    work: Path, keys: list[str], policy: str, schedule: list[Job], clips: Clips, plan: Plan
+    work: Path,
+    keys: list[str],
+    policy: str,
+    schedule: list[Job],
+    clips: Clips,
+    plan: Plan,
+    model: str = TINY,
+    health: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    backends = [{"url": f"http://{k}", "models": [TINY]} for k in keys]
-    cfg = gateway_config(backends, health={}, routing={"policy": policy})
+    backends = [{"url": f"http://{k}", "models": [model]} for k in keys]
+    cfg = gateway_config(backends, health=health or {}, routing={"policy": policy})
     gw = start_gateway(work / f"gw-{policy}", cfg)
     try:
         gw.wait_backends(set(keys))
         before = probes_sent(gw)
-        result = run_arm(schedule, lambda _: str(gw.url), TINY, clips, plan)
+        result = run_arm(schedule, lambda _: str(gw.url), model, clips, plan)
         probes = probes_sent(gw) - before
     finally:
         gw.stop()
     return {
-        "settings": f"routing.policy {policy}, other settings the defaults",
+        "settings": f"routing.policy {policy}, health {health or 'the defaults'}, "
+        "other settings the defaults",
         # Each probe is a transcription on the same single-worker backends.
         "health_probes_during_arm": probes,
         **result,
@@ -330,15 +347,15 @@ def main(argv: list[str] | None = None) -> None:
         for u in urls[1:]:  # the first warms up in service_times
             asyncio.run(warm(u, clips, plan))
         service = asyncio.run(service_times(urls[0], clips, plan))
-        schedule = make_schedule(plan, service)
-        span = arrivals_s(plan, service)
+        schedule = make_schedule(plan, [service, service])
+        span = arrivals_s(plan, [service, service])
         arms: dict[str, Any] = {}
         direct = "the n-th clip of each kind to backend n mod 2"
         arms["direct"] = {
             "settings": direct,
             **run_arm(schedule, lambda j: urls[j.index % 2], TINY, clips, plan),
         }
-        for policy in ("least_request", "round_robin"):
+        for policy in ("least_request", "round_robin", "engine_load"):
             arms[f"gateway_{policy}"] = gateway_arm(work, keys, policy, schedule, clips, plan)
         try:
             arms["litellm_default"] = litellm_arm(work, keys, schedule, clips, plan)
@@ -377,12 +394,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"written: {path}")
 
 
-async def warm(url: str, clips: Clips, plan: Plan) -> None:
+async def warm(url: str, clips: Clips, plan: Plan, model: str = TINY) -> None:
     """One short clip, so no arm pays the first request's model warm-up."""
     async with aiohttp.ClientSession() as session:
         loop = asyncio.get_running_loop()
         await transcribe(
-            session, url, TINY, clips, Job(0, "short", 0), loop.time(), plan.deadline_s
+            session, url, model, clips, Job(0, "short", 0), loop.time(), plan.deadline_s
         )
 
 
@@ -395,12 +412,26 @@ def _p99_at_most(name: str, ours: float | None, theirs: float | None) -> dict[st
     )
 
 
+def engine_load_target(arms: dict[str, Any]) -> dict[str, Any]:
+    """The issue's test of the backends' own load signals as routing input: kept only
+    if they beat least_request on short clips in the same run."""
+    ours = arms["gateway_engine_load"]["short"]["p99_s"]
+    theirs = arms["gateway_least_request"]["short"]["p99_s"]
+    return target(
+        "engine_load short-clip p99 < least_request's (signals kept only if met)",
+        "< 1.0x",
+        r3(ours / theirs) if ours and theirs else None,
+        bool(ours and theirs and ours < theirs),
+    )
+
+
 def targets(arms: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     lr, rr = arms["gateway_least_request"], arms["gateway_round_robin"]
     lr99, rr99 = lr["short"]["p99_s"], rr["short"]["p99_s"]
     out.append(_p99_at_most("least_request short-clip p99 <= round_robin's", lr99, rr99))
-    for name in ("gateway_least_request", "gateway_round_robin"):
+    out.append(engine_load_target(arms))
+    for name in ("gateway_least_request", "gateway_round_robin", "gateway_engine_load"):
         out.append(
             target(f"{name}: failures", "== 0", arms[name]["failures"], arms[name]["failures"] == 0)
         )

@@ -23,10 +23,10 @@ import pytest
 
 from testkit.procs import ROOT
 
-# vllm_real and vllm_long_audio start a real vLLM (4.3 GB, a minute to load) beside the
-# one the real-vLLM tier (tests/e2e/test_vllm_real.py) already runs: left out of this
-# smoke run (that tier serves a split long clip through vLLM too).
-NOT_IN_CI = {"vllm_real", "vllm_long_audio"}
+# vllm_real, vllm_long_audio and vllm_scheduling start a real vLLM (4.3 GB, a minute to
+# load) beside the one the real-vLLM tier (tests/e2e/test_vllm_real.py) already runs:
+# left out of this smoke run (that tier serves a split long clip through vLLM too).
+NOT_IN_CI = {"vllm_real", "vllm_long_audio", "vllm_scheduling"}
 # The bench's own list, asked as a user would (the tests import nothing of bench/).
 SCENARIOS = [
     name
