@@ -16,6 +16,11 @@ The same schedule is replayed, one arm after the other, through:
   /metrics, read every second), otherwise the deployed defaults (max_concurrency 4;
   health probes every 5 s, each a real transcription of a short clip: work the other
   arms do not have);
+- backend 0 shared: another client sends it long clips straight (40 % of its capacity,
+  open loop), unseen by the gateway, while a schedule of the same kind at 60 % of the
+  two workers comes through the gateway (80 % of the fleet in all): least_request and
+  engine_load, each twice in mirrored order, figures pooled. Here the backend's own
+  queue says what Envoy's count of its own requests cannot;
 - the LiteLLM proxy with its default routing (bench/litellm_peer.py);
 - direct again: the drift of the machine between the first arm and the last.
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -40,7 +46,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,18 @@ from testkit.procs import Proc, free_port, start_backend
 TINY = "openai/whisper-tiny.en"
 BACKEND_ARGS = ("--num-workers", "1", "--cpu-threads", "1")
 SEED = 11
+#: The shared-backend arms: another client keeps this share of backend 0 busy with long
+#: clips sent straight to it, and the gateway's schedule offers SHARED_LOAD of the two;
+#: together 80 % of the fleet, as in the other arms.
+UNSEEN_SHARE = 0.4
+SHARED_LOAD = 0.6
+#: least_request and engine_load twice each, in mirrored order (figures pooled).
+SHARED_ORDER = (
+    ("shared_least_request", "least_request"),
+    ("shared_engine_load", "engine_load"),
+    ("shared_engine_load_again", "engine_load"),
+    ("shared_least_request_again", "least_request"),
+)
 
 
 @dataclass(frozen=True)
@@ -265,11 +283,56 @@ async def service_times(url: str, clips: Clips, plan: Plan, model: str = TINY) -
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+#: Runs beside an arm until the event is set; what it returns joins the arm's figures.
+Beside = Callable[[asyncio.Event], Coroutine[Any, Any, dict[str, Any]]]
+
+
 def run_arm(
-    schedule: list[Job], route: Callable[[Job], str], model: str, clips: Clips, plan: Plan
+    schedule: list[Job],
+    route: Callable[[Job], str],
+    model: str,
+    clips: Clips,
+    plan: Plan,
+    beside: Beside | None = None,
 ) -> dict[str, Any]:
-    done = asyncio.run(play(schedule, route, model, clips, plan.deadline_s))
-    return summarise(done, clips)
+    async def go() -> tuple[list[Done], dict[str, Any] | None]:
+        if beside is None:
+            return await play(schedule, route, model, clips, plan.deadline_s), None
+        stop = asyncio.Event()
+        side = asyncio.create_task(beside(stop))
+        try:
+            done = await play(schedule, route, model, clips, plan.deadline_s)
+        finally:
+            stop.set()
+        return done, await side
+
+    done, extra = asyncio.run(go())
+    out = summarise(done, clips)
+    if extra is not None:
+        out["unseen_load"] = extra
+    return out
+
+
+async def unseen_load(
+    url: str, clips: Clips, plan: Plan, period_s: float, stop: asyncio.Event
+) -> dict[str, Any]:
+    """Another client of one backend, straight to it, so the gateway never sees it: a
+    long clip every `period_s` (open loop) until `stop`; what it sent and how it fared."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        loop = asyncio.get_running_loop()
+        t0, tasks, n = loop.time(), [], 0
+        while not stop.is_set():
+            job = Job(0, "long", n)
+            tasks.append(
+                asyncio.create_task(transcribe(session, url, TINY, clips, job, t0, plan.deadline_s))
+            )
+            n += 1
+            try:
+                await asyncio.wait_for(stop.wait(), period_s)
+            except TimeoutError:
+                pass
+        done = await asyncio.gather(*tasks)
+    return {"to": url, "period_s": round(period_s, 3), "sent": n, "ok": sum(d.ok for d in done)}
 
 
 def gateway_arm(
@@ -281,14 +344,15 @@ def gateway_arm(
     plan: Plan,
     model: str = TINY,
     health: dict[str, Any] | None = None,
+    beside: Beside | None = None,
 ) -> dict[str, Any]:
     backends = [{"url": f"http://{k}", "models": [model]} for k in keys]
     cfg = gateway_config(backends, health=health or {}, routing={"policy": policy})
-    gw = start_gateway(work / f"gw-{policy}", cfg)
+    gw = start_gateway(Path(tempfile.mkdtemp(prefix=f"gw-{policy}-", dir=work)), cfg)
     try:
         gw.wait_backends(set(keys))
         before = probes_sent(gw)
-        result = run_arm(schedule, lambda _: str(gw.url), model, clips, plan)
+        result = run_arm(schedule, lambda _: str(gw.url), model, clips, plan, beside)
         probes = probes_sent(gw) - before
     finally:
         gw.stop()
@@ -358,6 +422,15 @@ def main(argv: list[str] | None = None) -> None:
         }
         for policy in ("least_request", "round_robin", "engine_load"):
             arms[f"gateway_{policy}"] = gateway_arm(work, keys, policy, schedule, clips, plan)
+        # Backend 0 shared with a client the gateway does not see: what engine_load is for.
+        shared = make_schedule(dataclasses.replace(plan, load=SHARED_LOAD), [service, service])
+        period = service["long"] / UNSEEN_SHARE
+
+        def unseen(stop: asyncio.Event) -> Coroutine[Any, Any, dict[str, Any]]:
+            return unseen_load(urls[0], clips, plan, period, stop)
+
+        for name, policy in SHARED_ORDER:
+            arms[name] = gateway_arm(work, keys, policy, shared, clips, plan, beside=unseen)
         try:
             arms["litellm_default"] = litellm_arm(work, keys, schedule, clips, plan)
         except (ImportError, RuntimeError, TimeoutError) as e:  # stated, never hidden
@@ -427,16 +500,16 @@ def pooled_p99(arms: dict[str, Any], prefix: str) -> float | None:
     return pct(lat, 0.99)
 
 
-def engine_load_target(arms: dict[str, Any]) -> dict[str, Any]:
+def engine_load_target(arms: dict[str, Any], prefix: str = "gateway_") -> dict[str, Any]:
     """The backends' own load signals as routing input: they beat least_request only
     if engine_load's short-clip p99 (over all its arms) is lower by more than the run's
     drift."""
-    ours = pooled_p99(arms, "gateway_engine_load")
-    theirs = pooled_p99(arms, "gateway_least_request")
+    ours = pooled_p99(arms, f"{prefix}engine_load")
+    theirs = pooled_p99(arms, f"{prefix}least_request")
     bar = 1.0 - drift(arms)
     return target(
-        "engine_load short-clip p99 vs least_request's (all arms of each), beaten by more "
-        "than the run's drift (direct first vs last)",
+        f"{prefix}engine_load short-clip p99 vs {prefix}least_request's (all arms of "
+        "each), beaten by more than the run's drift (direct first vs last)",
         f"< {bar:.3f}x",
         r3(ours / theirs) if ours and theirs else None,
         bool(ours and theirs and ours / theirs < bar),
@@ -449,7 +522,9 @@ def targets(arms: dict[str, Any]) -> list[dict[str, Any]]:
     lr99, rr99 = lr["short"]["p99_s"], rr["short"]["p99_s"]
     out.append(_p99_at_most("least_request short-clip p99 <= round_robin's", lr99, rr99))
     out.append(engine_load_target(arms))
-    for name in ("gateway_least_request", "gateway_round_robin", "gateway_engine_load"):
+    out.append(engine_load_target(arms, "shared_"))
+    gateway_arms = [k for k in arms if k.startswith(("gateway_", "shared_"))]
+    for name in gateway_arms:
         out.append(
             target(f"{name}: failures", "== 0", arms[name]["failures"], arms[name]["failures"] == 0)
         )
