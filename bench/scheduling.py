@@ -11,16 +11,9 @@ The same schedule is replayed, one arm after the other, through:
 
 - direct: the client sends to the backends itself, the mix split evenly by hand
   (the n-th clip of each kind to backend n mod 2): the baseline;
-- the gateway with `routing.policy: least_request` (the default), `round_robin` and
-  `engine_load` (least_request weighted by the queue each backend reports on its
-  /metrics, read every second), otherwise the deployed defaults (max_concurrency 4;
-  health probes every 5 s, each a real transcription of a short clip: work the other
-  arms do not have);
-- backend 0 shared: another client sends it long clips straight (40 % of its capacity,
-  open loop), unseen by the gateway, while a schedule of the same kind at 60 % of the
-  two workers comes through the gateway (80 % of the fleet in all): least_request and
-  engine_load, each twice in mirrored order, figures pooled. Here the backend's own
-  queue says what Envoy's count of its own requests cannot;
+- the gateway with `routing.policy: least_request` (the default) and `round_robin`,
+  otherwise the deployed defaults (max_concurrency 4; health probes every 5 s, each a
+  real transcription of a short clip: work the other arms do not have);
 - the LiteLLM proxy with its default routing (bench/litellm_peer.py);
 - direct again: the drift of the machine between the first arm and the last.
 
@@ -37,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import math
 import os
@@ -46,7 +38,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,18 +53,6 @@ from testkit.procs import Proc, free_port, start_backend
 TINY = "openai/whisper-tiny.en"
 BACKEND_ARGS = ("--num-workers", "1", "--cpu-threads", "1")
 SEED = 11
-#: The shared-backend arms: another client keeps this share of backend 0 busy with long
-#: clips sent straight to it, and the gateway's schedule offers SHARED_LOAD of the two;
-#: together 80 % of the fleet, as in the other arms.
-UNSEEN_SHARE = 0.4
-SHARED_LOAD = 0.6
-#: least_request and engine_load twice each, in mirrored order (figures pooled).
-SHARED_ORDER = (
-    ("shared_least_request", "least_request"),
-    ("shared_engine_load", "engine_load"),
-    ("shared_engine_load_again", "engine_load"),
-    ("shared_least_request_again", "least_request"),
-)
 
 
 @dataclass(frozen=True)
@@ -213,7 +193,6 @@ def summarise(done: list[Done], clips: Clips) -> dict[str, Any]:
             "p99_s": r3(pct(lat, 0.99)),
             "max_s": r3(max(lat) if lat else None),
             "by_backend": dict(Counter(d.backend for d in done if d.job.kind == kind)),
-            "latencies_s": [r3(x) for x in sorted(lat)],
         }
     good = [d for d in done if d.ok]
     audio = sum(clips.seconds[d.job.kind] for d in good)
@@ -283,56 +262,11 @@ async def service_times(url: str, clips: Clips, plan: Plan, model: str = TINY) -
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-#: Runs beside an arm until the event is set; what it returns joins the arm's figures.
-Beside = Callable[[asyncio.Event], Coroutine[Any, Any, dict[str, Any]]]
-
-
 def run_arm(
-    schedule: list[Job],
-    route: Callable[[Job], str],
-    model: str,
-    clips: Clips,
-    plan: Plan,
-    beside: Beside | None = None,
+    schedule: list[Job], route: Callable[[Job], str], model: str, clips: Clips, plan: Plan
 ) -> dict[str, Any]:
-    async def go() -> tuple[list[Done], dict[str, Any] | None]:
-        if beside is None:
-            return await play(schedule, route, model, clips, plan.deadline_s), None
-        stop = asyncio.Event()
-        side = asyncio.create_task(beside(stop))
-        try:
-            done = await play(schedule, route, model, clips, plan.deadline_s)
-        finally:
-            stop.set()
-        return done, await side
-
-    done, extra = asyncio.run(go())
-    out = summarise(done, clips)
-    if extra is not None:
-        out["unseen_load"] = extra
-    return out
-
-
-async def unseen_load(
-    url: str, clips: Clips, plan: Plan, period_s: float, stop: asyncio.Event
-) -> dict[str, Any]:
-    """Another client of one backend, straight to it, so the gateway never sees it: a
-    long clip every `period_s` (open loop) until `stop`; what it sent and how it fared."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        loop = asyncio.get_running_loop()
-        t0, tasks, n = loop.time(), [], 0
-        while not stop.is_set():
-            job = Job(0, "long", n)
-            tasks.append(
-                asyncio.create_task(transcribe(session, url, TINY, clips, job, t0, plan.deadline_s))
-            )
-            n += 1
-            try:
-                await asyncio.wait_for(stop.wait(), period_s)
-            except TimeoutError:
-                pass
-        done = await asyncio.gather(*tasks)
-    return {"to": url, "period_s": round(period_s, 3), "sent": n, "ok": sum(d.ok for d in done)}
+    done = asyncio.run(play(schedule, route, model, clips, plan.deadline_s))
+    return summarise(done, clips)
 
 
 def gateway_arm(
@@ -344,7 +278,6 @@ def gateway_arm(
     plan: Plan,
     model: str = TINY,
     health: dict[str, Any] | None = None,
-    beside: Beside | None = None,
 ) -> dict[str, Any]:
     backends = [{"url": f"http://{k}", "models": [model]} for k in keys]
     cfg = gateway_config(backends, health=health or {}, routing={"policy": policy})
@@ -352,7 +285,7 @@ def gateway_arm(
     try:
         gw.wait_backends(set(keys))
         before = probes_sent(gw)
-        result = run_arm(schedule, lambda _: str(gw.url), model, clips, plan, beside)
+        result = run_arm(schedule, lambda _: str(gw.url), model, clips, plan)
         probes = probes_sent(gw) - before
     finally:
         gw.stop()
@@ -420,17 +353,8 @@ def main(argv: list[str] | None = None) -> None:
             "settings": direct,
             **run_arm(schedule, lambda j: urls[j.index % 2], TINY, clips, plan),
         }
-        for policy in ("least_request", "round_robin", "engine_load"):
+        for policy in ("least_request", "round_robin"):
             arms[f"gateway_{policy}"] = gateway_arm(work, keys, policy, schedule, clips, plan)
-        # Backend 0 shared with a client the gateway does not see: what engine_load is for.
-        shared = make_schedule(dataclasses.replace(plan, load=SHARED_LOAD), [service, service])
-        period = service["long"] / UNSEEN_SHARE
-
-        def unseen(stop: asyncio.Event) -> Coroutine[Any, Any, dict[str, Any]]:
-            return unseen_load(urls[0], clips, plan, period, stop)
-
-        for name, policy in SHARED_ORDER:
-            arms[name] = gateway_arm(work, keys, policy, shared, clips, plan, beside=unseen)
         try:
             arms["litellm_default"] = litellm_arm(work, keys, schedule, clips, plan)
         except (ImportError, RuntimeError, TimeoutError) as e:  # stated, never hidden
@@ -486,45 +410,12 @@ def _p99_at_most(name: str, ours: float | None, theirs: float | None) -> dict[st
     )
 
 
-def drift(arms: dict[str, Any]) -> float:
-    """How far the short-clip p99 of the same direct arm moved between the run's first
-    arm and its last: what the machine alone does to that figure in this run."""
-    a, b = (arms[k]["short"]["p99_s"] for k in ("direct", "direct_again"))
-    return abs(a - b) / ((a + b) / 2) if a and b else 0.0
-
-
-def pooled_p99(arms: dict[str, Any], prefix: str) -> float | None:
-    """The short-clip p99 over every arm of one policy (`gateway_X`, `gateway_X_again`):
-    the same schedule replayed, so more samples of one thing."""
-    lat = [x for k, a in arms.items() if k.startswith(prefix) for x in a["short"]["latencies_s"]]
-    return pct(lat, 0.99)
-
-
-def engine_load_target(arms: dict[str, Any], prefix: str = "gateway_") -> dict[str, Any]:
-    """The backends' own load signals as routing input: they beat least_request only
-    if engine_load's short-clip p99 (over all its arms) is lower by more than the run's
-    drift."""
-    ours = pooled_p99(arms, f"{prefix}engine_load")
-    theirs = pooled_p99(arms, f"{prefix}least_request")
-    bar = 1.0 - drift(arms)
-    return target(
-        f"{prefix}engine_load short-clip p99 vs {prefix}least_request's (all arms of "
-        "each), beaten by more than the run's drift (direct first vs last)",
-        f"< {bar:.3f}x",
-        r3(ours / theirs) if ours and theirs else None,
-        bool(ours and theirs and ours / theirs < bar),
-    )
-
-
 def targets(arms: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     lr, rr = arms["gateway_least_request"], arms["gateway_round_robin"]
     lr99, rr99 = lr["short"]["p99_s"], rr["short"]["p99_s"]
     out.append(_p99_at_most("least_request short-clip p99 <= round_robin's", lr99, rr99))
-    out.append(engine_load_target(arms))
-    out.append(engine_load_target(arms, "shared_"))
-    gateway_arms = [k for k in arms if k.startswith(("gateway_", "shared_"))]
-    for name in gateway_arms:
+    for name in ("gateway_least_request", "gateway_round_robin"):
         out.append(
             target(f"{name}: failures", "== 0", arms[name]["failures"], arms[name]["failures"] == 0)
         )

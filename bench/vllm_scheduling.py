@@ -13,16 +13,14 @@ schedule is replayed through:
 
 - direct: the client splits the mix by hand in proportion to each backend's measured
   speed (a smooth weighted round robin per clip kind): the baseline;
-- the gateway with `routing.policy` least_request (the default), engine_load
-  (least_request weighted by each backend's reported queue, running + waiting from its
-  /metrics, read every second), round_robin, engine_load again and least_request again
-  (the two compared run twice in mirrored order, their figures pooled); probes every
-  15 s (below), otherwise the deployed defaults;
+- the gateway with `routing.policy` least_request (the default) and round_robin,
+  probes every 15 s (below), otherwise the deployed defaults;
 - direct again: the machine's drift between the first arm and the last.
 
 While each gateway arm runs, vLLM's own signals are sampled every 0.5 s
 (`vllm:num_requests_running`, `vllm:num_requests_waiting`, `/load`'s server_load) and
-the CPU backend's running and waiting: what engine_load routes on.
+the CPU backend's running and waiting: what a router on the backends' own load would
+read (docs/vllm.md: tried as weights, not kept).
 
     .venv/bin/python -m bench.vllm_scheduling [--smoke]
 """
@@ -52,7 +50,6 @@ from bench.scheduling import (
     Plan,
     _p99_at_most,
     arrivals_s,
-    engine_load_target,
     gateway_arm,
     make_schedule,
     r3,
@@ -68,16 +65,7 @@ from testkit.procs import PYTHON, Proc, free_port, start_backend, wait_http
 from testkit.vllm import BASE, READY_S
 
 CPU_ARGS = ("--num-workers", "1", "--cpu-threads", "1")
-POLICIES = ("least_request", "round_robin", "engine_load")
-#: The two policies compared run twice, in mirrored order, so the machine's drift falls
-#: on both alike; their figures are pooled (bench.scheduling.pooled_p99).
-ORDER = (
-    ("gateway_least_request", "least_request"),
-    ("gateway_engine_load", "engine_load"),
-    ("gateway_round_robin", "round_robin"),
-    ("gateway_engine_load_again", "engine_load"),
-    ("gateway_least_request_again", "least_request"),
-)
+POLICIES = ("least_request", "round_robin")
 #: examples/vllm-cpu.yaml's probes, but every 15 s, not 5: a probe is a transcription,
 #: and whisper-base on these cores takes about 2 s for any clip under 30 s: every 5 s at
 #: both backends, 19 probes in a 117 s arm took about a sixth of the fleet on top of
@@ -181,7 +169,7 @@ def sampled_gateway_arm(
 
 
 def targets(arms: dict[str, Any]) -> list[dict[str, Any]]:
-    out = [engine_load_target(arms)]
+    out = []
     lr = arms["gateway_least_request"]
     out.append(
         _p99_at_most(
@@ -190,7 +178,7 @@ def targets(arms: dict[str, Any]) -> list[dict[str, Any]]:
             arms["gateway_round_robin"]["short"]["p99_s"],
         )
     )
-    for name, _ in ORDER:
+    for name in (f"gateway_{p}" for p in POLICIES):
         out.append(
             target(f"{name}: failures", "== 0", arms[name]["failures"], arms[name]["failures"] == 0)
         )
@@ -238,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         arms: dict[str, Any] = {}
         direct = "split by hand in proportion to each backend's measured speed"
         arms["direct"] = {"settings": direct, **run_arm(schedule, split, BASE, clips, plan)}
-        for name, policy in ORDER:
+        for policy in POLICIES:
+            name = f"gateway_{policy}"
             for k in keys:  # each arm starts from backends that have just served
                 asyncio.run(warm(f"http://{k}", clips, plan, BASE))
             arms[name] = sampled_gateway_arm(work, keys, policy, schedule, clips, plan)

@@ -26,11 +26,11 @@ from control_plane.ir.security import load_security
 from control_plane.observe.access_log import AccessLogServer
 from control_plane.observe.access_log import register as register_access_log
 from control_plane.observe.backend_rows import backend_rows, log_line
-from control_plane.observe.engines import EngineSample, queues, scrape_engines
+from control_plane.observe.engines import EngineSample, scrape_engines
 from control_plane.observe.envoy_admin import read_envoy_running
 from control_plane.observe.request_stats import RequestStats
 from control_plane.reconcile.dns import Resolver, resolve
-from control_plane.reconcile.events import EngineLoad, Resolved, SecretsChanged, Verdict
+from control_plane.reconcile.events import Resolved, SecretsChanged, Verdict
 from control_plane.reconcile.reconciler import Reconciler, Stats
 from control_plane.reconcile.secrets_watch import watch as watch_secrets
 from control_plane.reconcile.tasks import SupervisedTasks, TaskInfo
@@ -224,7 +224,7 @@ class ControlPlane:
         self.tasks.spawn(
             "engine-stats",
             lambda: scrape_engines(
-                self.endpoints, self.engines, self._engine_interval_s, self._engine_round
+                self.endpoints, self.engines, lambda: self.config.stats.engine_interval_s
             ),
         )
         self.tasks.spawn("log-stats", self._log_stats)
@@ -273,17 +273,6 @@ class ControlPlane:
         return backend_rows(
             self.endpoints(), self.request_stats, in_flight, self.engines, self.probe_snapshot()
         )
-
-    def _engine_interval_s(self) -> float:
-        stats = self.config.stats.engine_interval_s
-        routing = self.config.routing
-        return min(stats, routing.load_interval_s) if routing.policy == "engine_load" else stats
-
-    def _engine_round(self, samples: Mapping[str, EngineSample]) -> None:
-        """Each round's queues become an event: the reconciler alone turns them into
-        weights (under `engine_load`), so a reload and a reading never race."""
-        if self.config.routing.policy == "engine_load":
-            self.reconciler.post(EngineLoad(queues(samples)))
 
     async def _log_stats(self) -> None:
         """The router's --log-stats: a line per backend every stats.log_interval_s."""

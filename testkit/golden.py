@@ -77,12 +77,11 @@ def _state(config_path: Path, state: dict[str, Any]) -> FleetState:
         health=health,
         draining=frozenset(state.get("draining") or ()),
         security=security,
-        load={k: float(v) for k, v in (state.get("load") or {}).items()},
     )
 
 
 def case_snapshot(case: str) -> Snapshot:
-    """config/: config.yaml with state.yaml (addresses, health lines, drains, queues) through the
+    """config/: config.yaml with state.yaml (addresses, health lines, drains) through the
     reconciler's own pipeline (snapshot_of); with before.yaml, the first of the two
     pushes that remove what before.yaml had. ir/: model.yaml (a GatewayModel) through
     the translator alone."""

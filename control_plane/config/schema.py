@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
 
-POLICIES = ("least_request", "round_robin", "engine_load")
+POLICIES = ("least_request", "round_robin")
 
 
 STREAM_FORMATS = ("openai", "backend", "text")
@@ -116,9 +116,6 @@ class RoutingConfig:
     # transcription is idempotent. A query of death then takes down retries + 1
     # backends, so with this on `retries` is at most 1.
     retry_on_reset: bool = True
-    # With `policy: engine_load`: each backend's /metrics is read this often, and the
-    # queue it reports (running + waiting) lowers its weight in least_request.
-    load_interval_s: float = _bound(1.0, 0.1, 60.0)
 
 
 @dataclass(frozen=True)

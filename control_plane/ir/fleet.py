@@ -1,7 +1,6 @@
 """The fleet's state as one frozen value, and the read-only views of it.
 
-`FleetState` (spec, addresses, health per endpoint and model, drains, secrets, the
-queues backends report) is
+`FleetState` (spec, addresses, health per endpoint and model, drains, secrets) is
 written by the reconciler alone; `model_of` turns it into what Envoy must do, and
 `endpoint_views` into what observers show. Pure functions, no I/O."""
 
@@ -31,7 +30,6 @@ class FleetState:
     health: Mapping[HealthKey, EndpointHealth] = field(default_factory=dict)
     draining: frozenset[str] = frozenset()
     security: Security = field(default_factory=Security)  # certificates and keys, from files
-    load: Mapping[str, float] = field(default_factory=dict)  # endpoint -> its reported queue
 
 
 @dataclass(frozen=True)
@@ -62,9 +60,7 @@ def target_key(endpoint: str, model: str) -> str:
 
 def model_of(state: FleetState) -> GatewayModel:
     """What Envoy must do for this state (pure): the translators' one input."""
-    return build_model(
-        state.spec, state.resolved, state.health, state.draining, state.security, state.load
-    )
+    return build_model(state.spec, state.resolved, state.health, state.draining, state.security)
 
 
 def endpoint_views(state: FleetState) -> list[EndpointView]:

@@ -184,7 +184,6 @@ class Endpoint:
     port: int
     backend_url: str
     health: EndpointHealth
-    weight: int = 1  # least_request's weight; only `policy: engine_load` moves it
 
 
 @dataclass(frozen=True)
@@ -254,34 +253,18 @@ def endpoint_health(
     return known or EndpointHealth.UNKNOWN
 
 
-#: A backend's weight under `policy: engine_load` when it reports no queue.
-LOAD_WEIGHT = 100
-
-
-def load_weight(queue: float | None) -> int:
-    """LOAD_WEIGHT / (1 + the queue the backend reports): a backend busy with work Envoy
-    does not see (other gateways, direct clients) gets less. Envoy's least_request then
-    divides by its own active requests + 1. No reading: an idle backend's weight."""
-    if queue is None:
-        return LOAD_WEIGHT
-    return max(1, round(LOAD_WEIGHT / (1 + max(0.0, queue))))
-
-
 def build_model(
     spec: GatewaySpec,
     resolved: Mapping[str, tuple[str, ...]],
     health: Mapping[HealthKey, EndpointHealth],
     draining: Set[str] = frozenset(),
     security: Security = Security(),
-    load: Mapping[str, float] | None = None,
 ) -> GatewayModel:
     """Spec + addresses per backend URL + health per (endpoint, model) -> model (pure).
 
     A backend whose host has not resolved yet has no endpoints; two host names
-    resolving to one address make one endpoint per model, not two. `load` (endpoint
-    key -> the queue its /metrics reported) weighs endpoints under `engine_load` only.
+    resolving to one address make one endpoint per model, not two.
     """
-    by_load = spec.policy == "engine_load"
     per_model: dict[str, dict[str, Endpoint]] = {m: {} for m in spec.models}
     limits: dict[str, int] = {}
     tls: dict[str, bool] = {}
@@ -293,8 +276,7 @@ def build_model(
                 if key in per_model[m]:
                     continue
                 state = endpoint_health(backend, health.get((key, m)), key in draining)
-                weight = load_weight((load or {}).get(key)) if by_load else 1
-                per_model[m][key] = Endpoint(key, address, backend.port, backend.url, state, weight)
+                per_model[m][key] = Endpoint(key, address, backend.port, backend.url, state)
             # Envoy's per-host limit is one number per cluster: the tightest wins.
             limits[m] = min(limits.get(m, share), share)
             tls[m] = tls.get(m, False) or backend.tls

@@ -2,17 +2,15 @@
 
 vLLM exports `vllm:num_requests_running` and `vllm:num_requests_waiting`; so does our
 CPU backend. `scrape_engines` reads every backend every `stats.engine_interval_s` for
-`/backends` and `/metrics` (under `routing.policy: engine_load`, every
-`routing.load_interval_s`, for the reconciler, which weighs backends by them); the
-router's `/metrics` reads them again at scrape time with a shorter timeout
-(router_metrics.read_live). Both go through `read_engine`.
+`/backends` and `/metrics`; the router's `/metrics` reads them again at scrape time
+with a shorter timeout (router_metrics.read_live). Both go through `read_engine`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,24 +68,13 @@ async def read_engine(
         return EngineSample(time.time(), None, None, f"{type(e).__name__}: {e}"[:200])
 
 
-def queues(samples: Mapping[str, EngineSample]) -> dict[str, float]:
-    """Each backend's whole queue (running + waiting), where its /metrics gave either."""
-    return {
-        key: (s.running or 0.0) + (s.waiting or 0.0)
-        for key, s in samples.items()
-        if s.running is not None or s.waiting is not None
-    }
-
-
 async def scrape_engines(
     views: Callable[[], list[EndpointView]],
     engines: dict[str, EngineSample],
     interval_s: Callable[[], float],
-    on_round: Callable[[Mapping[str, EngineSample]], None] = lambda _: None,
 ) -> None:
-    """Every interval, every backend's /metrics into `engines` (endpoint key -> sample),
-    then `on_round` with them. Backends gone from the fleet are dropped; a slow one
-    costs at most ENGINE_TIMEOUT_S."""
+    """Every interval, every backend's /metrics into `engines` (endpoint key -> sample).
+    Backends gone from the fleet are dropped; a slow one costs at most ENGINE_TIMEOUT_S."""
     async with aiohttp.ClientSession() as session:
         while True:
             current = views()
@@ -95,5 +82,4 @@ async def scrape_engines(
             fresh = {v.key: s for v, s in zip(current, samples, strict=True)}
             engines.clear()
             engines.update(fresh)
-            on_round(fresh)
             await asyncio.sleep(interval_s())

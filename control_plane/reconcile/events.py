@@ -45,14 +45,6 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class EngineLoad:
-    """Every backend's queue (running + waiting) as its /metrics reported it; endpoints
-    without a reading are left out."""
-
-    queues: Mapping[str, float]
-
-
-@dataclass(frozen=True)
 class Drain:
     endpoint: str
     draining: bool
@@ -71,6 +63,4 @@ class Barrier:
     reply: asyncio.Future[None]
 
 
-Event = (
-    SpecChanged | SecretsChanged | Resolved | Verdict | EngineLoad | Drain | AckChanged | Barrier
-)
+Event = SpecChanged | SecretsChanged | Resolved | Verdict | Drain | AckChanged | Barrier

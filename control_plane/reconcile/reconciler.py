@@ -30,7 +30,6 @@ from control_plane.reconcile.events import (
     AckChanged,
     Barrier,
     Drain,
-    EngineLoad,
     Event,
     Resolved,
     SecretsChanged,
@@ -210,11 +209,6 @@ class Reconciler:
             return True
         if isinstance(ev, SpecChanged):
             return self._apply_spec(ev)
-        if isinstance(ev, EngineLoad):
-            # Kept under any policy (the state says what backends report); only
-            # `engine_load` turns it into weights (build_model).
-            self.state = replace(s, load=dict(ev.queues))
-            return None
         if isinstance(ev, SecretsChanged):
             self.state = replace(s, security=ev.security)
             return None

@@ -22,7 +22,7 @@ from control_plane.ir.fleet import FleetState, target_key
 from control_plane.ir.from_config import spec_from_config
 from control_plane.ir.model import EndpointHealth
 from control_plane.names import cluster_name
-from control_plane.reconcile.events import EngineLoad, Verdict
+from control_plane.reconcile.events import Verdict
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.tasks import SupervisedTasks
 from control_plane.runtime import ControlPlane
@@ -391,43 +391,3 @@ async def test_a_crashing_dns_loop_is_restarted_and_shown(
     assert tasks["dns"]["restarts"] >= 2
     assert "resolver bug" in tasks["dns"]["last_error"]
     assert tasks["reconciler"]["state"] == "running"
-
-
-@pytest.mark.parametrize("policy", ["engine_load", "least_request"])
-async def test_reported_queues_become_weights_only_under_engine_load(policy: str) -> None:
-    """The scraper's readings are events like any other: under engine_load they reach
-    EDS as weights (a repeated reading pushes nothing); under least_request nothing."""
-    urls = ["http://127.0.0.1:9000", "http://127.0.0.1:9001"]
-    doc = gateway_config(
-        [{"url": u, "models": [A], "health": OFF} for u in urls], routing={"policy": policy}
-    )
-    cache = SnapshotCache()
-    spec = spec_from_config(parse_config(doc))
-    rec = Reconciler(
-        FleetState(spec, {u: ("127.0.0.1",) for u in urls}), cache, load_lua_template()
-    )
-    await rec.start(rec.state.resolved, {})
-    task = asyncio.create_task(rec.run())
-
-    def weights() -> list[int]:
-        snap = cache.snapshot
-        assert snap is not None
-        cla = snap.items(ENDPOINT)[cluster_name(A)]
-        assert isinstance(cla, endpoint_pb2.ClusterLoadAssignment)
-        return [e.load_balancing_weight.value for e in cla.endpoints[0].lb_endpoints]
-
-    try:
-        busy = {"127.0.0.1:9000": 4.0, "127.0.0.1:9001": 0.0}
-        rec.post(EngineLoad(busy))
-        await rec.barrier()
-        pushes = rec.stats.pushes
-        assert weights() == ([20, 100] if policy == "engine_load" else [0, 0])  # 0: unset
-        rec.post(EngineLoad(dict(busy)))
-        await rec.barrier()
-        assert rec.stats.pushes == pushes  # the same reading: the same snapshot
-        rec.post(EngineLoad({"127.0.0.1:9000": 0.0}))  # 9001 unread: an idle weight
-        await rec.barrier()
-        assert weights() == ([100, 100] if policy == "engine_load" else [0, 0])
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)

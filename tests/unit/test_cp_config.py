@@ -234,15 +234,6 @@ def test_bad_policy() -> None:
     err = refused({**base(), "routing": {"policy": "random"}})
     assert err.field == "routing.policy"
     assert "least_request" in str(err) and "round_robin" in str(err)
-    assert "engine_load" in str(err)
-
-
-def test_engine_load_and_its_interval() -> None:
-    cfg = parse_config({**base(), "routing": {"policy": "engine_load", "load_interval_s": 0.5}})
-    assert (cfg.routing.policy, cfg.routing.load_interval_s) == ("engine_load", 0.5)
-    assert refused({**base(), "routing": {"load_interval_s": 0}}).field == (
-        "routing.load_interval_s"
-    )
 
 
 def test_bad_backend_type_and_launch() -> None:

@@ -28,7 +28,6 @@ def test_every_translator_feature_has_a_case() -> None:
     assert set(CASES) >= {
         "config/basic",
         "config/policy_round_robin",
-        "config/policy_engine_load",
         "config/limits",
         "config/shared_backend_limits",
         "config/dns_endpoints",

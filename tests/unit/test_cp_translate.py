@@ -775,21 +775,3 @@ def test_lua_large_upload_is_scanned_in_windows(tmp_path: Path, fields_first: bo
     assert len(body) > 1024 * 1024
     ctype = f"multipart/form-data; boundary={boundary}"
     assert run_lua(tmp_path, body, ctype) == f"PASS {TINY} true"
-
-
-def test_load_weight_falls_with_the_reported_queue() -> None:
-    from control_plane.ir.model import LOAD_WEIGHT, load_weight
-
-    assert [load_weight(q) for q in (None, 0, 1, 3, 4, 1000)] == [LOAD_WEIGHT, 100, 50, 25, 20, 1]
-    assert load_weight(-1) == LOAD_WEIGHT  # a nonsense reading counts as idle
-
-
-def test_queues_are_running_plus_waiting_where_read() -> None:
-    from control_plane.observe.engines import EngineSample, queues
-
-    samples = {
-        "a": EngineSample(0, 2.0, 1.0),
-        "b": EngineSample(0, None, 3.0),
-        "c": EngineSample(0, None, None, "HTTP 404"),
-    }
-    assert queues(samples) == {"a": 3.0, "b": 3.0}

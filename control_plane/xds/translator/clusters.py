@@ -18,8 +18,6 @@ from control_plane.xds.translator.common import ads_source, any_of, seconds, tls
 _POLICY = {
     "least_request": cluster_pb2.Cluster.LbPolicy.LEAST_REQUEST,
     "round_robin": cluster_pb2.Cluster.LbPolicy.ROUND_ROBIN,
-    # Weighted by the queues backends report (ir.model.load_weight).
-    "engine_load": cluster_pb2.Cluster.LbPolicy.LEAST_REQUEST,
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from google.protobuf import wrappers_pb2
 
 from control_plane.ir.model import EndpointHealth, GatewayModel
 from control_plane.names import SNI_KEY, TRANSPORT_SOCKET_MATCH
@@ -41,9 +40,6 @@ def build_load_assignments(model: GatewayModel) -> list[endpoint_pb2.ClusterLoad
                     hostname=ep.key,
                 ),
                 health_status=_HEALTH[ep.health],
-                load_balancing_weight=wrappers_pb2.UInt32Value(value=ep.weight)
-                if model.policy == "engine_load"
-                else None,
                 metadata=_sni(ep.backend_url) if cluster.tls else None,
             )
             for ep in cluster.endpoints
