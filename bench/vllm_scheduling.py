@@ -67,9 +67,9 @@ from testkit.vllm import BASE, READY_S
 CPU_ARGS = ("--num-workers", "1", "--cpu-threads", "1")
 POLICIES = ("least_request", "round_robin")
 #: examples/vllm-cpu.yaml's probes, but every 15 s, not 5: a probe is a transcription,
-#: and whisper-base on these cores takes about 2 s for any clip under 30 s: every 5 s at
-#: both backends, 19 probes in a 117 s arm took about a sixth of the fleet on top of
-#: the offered 80 % (2026-12-03 06:17Z run: gateway short-clip p99 26 s, direct 10-11 s).
+#: and whisper-base on these cores takes about 2 s for any clip under 30 s; every 5 s at
+#: both backends made 19 probes in a 117 s arm, about a sixth of the fleet's time on
+#: top of the offered 80 % (2026-12-03 06:17Z run; docs/vllm.md).
 HEALTH = {"interval_s": 15.0, "timeout_s": 20.0, "healthy_threshold": 1, "unhealthy_threshold": 3}
 
 
