@@ -35,27 +35,24 @@ import os
 import statistics
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._harness import target, write_result
 from bench.scheduling import (
     FULL,
-    SEED,
     SMOKE,
     Clips,
     Job,
     Plan,
-    _p99_at_most,
     arrivals_s,
     gateway_arm,
     make_schedule,
-    r3,
+    policy_targets,
+    publish,
     run_arm,
+    schedule_facts,
     service_times,
-    table,
     warm,
     work_s,
 )
@@ -168,33 +165,6 @@ def sampled_gateway_arm(
     return {**result, "signals": signal_summary(samples)}
 
 
-def targets(arms: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    lr = arms["gateway_least_request"]
-    out.append(
-        _p99_at_most(
-            "least_request short-clip p99 <= round_robin's",
-            lr["short"]["p99_s"],
-            arms["gateway_round_robin"]["short"]["p99_s"],
-        )
-    )
-    for name in (f"gateway_{p}" for p in POLICIES):
-        out.append(
-            target(f"{name}: failures", "== 0", arms[name]["failures"], arms[name]["failures"] == 0)
-        )
-    base = statistics.mean(arms[k]["audio_s_per_s"] or 0.0 for k in ("direct", "direct_again"))
-    ratio = lr["audio_s_per_s"] / base if base and lr["audio_s_per_s"] else None
-    out.append(
-        target(
-            "gateway least_request audio s/s vs direct (split by speed; first and last)",
-            ">= 0.95x",
-            r3(ratio),
-            ratio is not None and ratio >= 0.95,
-        )
-    )
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny clips and counts")
@@ -251,24 +221,16 @@ def main(argv: list[str] | None = None) -> None:
                 "--enable-server-load-tracking",
                 "cpu": f"{keys[1]}: whisper_backend {BASE}, 1 worker x 1 thread",
             },
-            "clips_s": clips.seconds,
             "service_time_s": {
                 name: {k: round(v, 3) for k, v in s.items()}
                 for name, s in zip(("vllm", "cpu"), services, strict=True)
             },
-            "offered_load": plan.load,
-            "arrivals_s": round(span, 2),
-            "jobs": dict(Counter(j.kind for j in schedule)),
-            "offered_audio_s_per_s": round(sum(clips.seconds[j.kind] for j in schedule) / span, 2),
-            "seed": SEED,
+            **schedule_facts(plan, clips, schedule, span),
         },
         "arms": arms,
-        "targets": targets(arms),
+        "targets": policy_targets(arms, "split by speed"),
     }
-    path = write_result("vllm_scheduling", result)
-    print(json.dumps({k: v for k, v in result.items() if k != "arms"}, indent=2))
-    print(table(arms))
-    print(f"written: {path}")
+    publish("vllm_scheduling", result)
 
 
 if __name__ == "__main__":

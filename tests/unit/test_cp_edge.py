@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 
 from control_plane.admin.redact import snapshot_json
 from control_plane.config.certs import make_self_signed
@@ -145,9 +147,6 @@ def test_uploads_are_read_before_a_refusal_only_where_the_edge_refuses() -> None
     keyed = Security(clients=(Client("team", "sk-team-0123456789"),))
     assert read_upload_config(model_with(Security())) == {}
     for m in (model_with(keyed), model_with(Security(), rate_limit={"requests_per_s": 5})):
-        from envoy.config.route.v3 import route_components_pb2 as rc
-        from envoy.extensions.filters.http.lua.v3 import lua_pb2
-
         wrapper, lua = rc.FilterConfig(), lua_pb2.LuaPerRoute()
         assert read_upload_config(m)[READ_UPLOAD_FILTER].Unpack(wrapper)
         assert not wrapper.disabled and wrapper.config.Unpack(lua)

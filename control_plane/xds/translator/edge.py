@@ -89,12 +89,9 @@ def api_keys_config(model: GatewayModel, keep_key: bool = False) -> dict[str, An
 def read_upload_config(model: GatewayModel) -> dict[str, Any]:
     """Enables the listener's first filter where the edge can refuse an upload: over
     HTTP/2 a refusal then waits for the whole upload, so every client reads it
-    (read_upload.lua, docs/security.md). {} when there are no keys and no rate limits."""
-    rl = model.rate_limit
-    limits = rl.requests_per_s > 0 or any(
-        _client_bucket(model, c) for c in (model.security.clients or ())
-    )
-    if not (keys_on(model) or limits):
+    (read_upload.lua, docs/security.md). {} when there are no keys and no gateway rate
+    limit (a per-key limit needs keys)."""
+    if not (keys_on(model) or model.rate_limit.requests_per_s > 0):
         return {}
     enabled = rc.FilterConfig(
         config=any_of(lua_pb2.LuaPerRoute(name=READ_UPLOAD_FILTER)), disabled=False
